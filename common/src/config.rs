@@ -1,0 +1,220 @@
+//! Config plumbing shared by both daemons: byte sizes, durations and `${ENV}` substitution.
+//!
+//! Configs are TOML with unknown keys rejected. Sizes are written like `"8MiB"` (or a bare
+//! integer count of bytes), durations like `"5s"` or `"250ms"` (humantime). Secrets come from
+//! the environment: `${NAME}` in any string value is replaced by that variable, and a missing
+//! variable is an error that names the key path, not an empty string.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+/// A size in bytes, written in configs as `"8MiB"`, `"512KiB"`, `"1GB"` or a bare integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// The size in bytes.
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+
+    /// `n` mebibytes.
+    pub const fn mib(n: u64) -> Self {
+        ByteSize(n * 1024 * 1024)
+    }
+}
+
+/// Why a size did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid size {input:?}: expected a number with an optional unit (B, KB, KiB, MB, MiB, GB, GiB, TB, TiB), e.g. \"8MiB\"")]
+pub struct ByteSizeError {
+    input: String,
+}
+
+impl FromStr for ByteSize {
+    type Err = ByteSizeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ByteSizeError {
+            input: s.to_owned(),
+        };
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let unit = unit.trim();
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "ki" | "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mi" | "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gi" | "gib" => 1 << 30,
+            "t" | "tb" => 1_000_000_000_000,
+            "ti" | "tib" => 1 << 40,
+            _ => return Err(err()),
+        };
+        if num.is_empty() {
+            return Err(err());
+        }
+        if num.contains('.') {
+            let v: f64 = num.parse().map_err(|_| err())?;
+            let bytes = v * mult as f64;
+            if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+                return Err(err());
+            }
+            Ok(ByteSize(bytes.round() as u64))
+        } else {
+            let v: u64 = num.parse().map_err(|_| err())?;
+            v.checked_mul(mult).map(ByteSize).ok_or_else(err)
+        }
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u64, &str); 4] = [
+            (1 << 40, "TiB"),
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+        ];
+        for (size, unit) in UNITS {
+            if self.0 >= size && self.0.is_multiple_of(size) {
+                return write!(f, "{}{unit}", self.0 / size);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as \"8MiB\" or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Serde adapter for durations written as `"5s"`, `"250ms"`, `"1m 30s"`.
+pub mod duration {
+    use super::*;
+
+    /// Deserializes a humantime duration.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid duration {s:?}: {e} (e.g. \"5s\", \"250ms\")"
+            ))
+        })
+    }
+
+    /// Serializes as humantime.
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*v))
+    }
+}
+
+/// A `${NAME}` reference to an environment variable that is not set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("environment variable {var} is not set (referenced as ${{{var}}})")]
+pub struct MissingEnv {
+    /// The variable's name.
+    pub var: String,
+}
+
+/// Replaces every `${NAME}` in `input` using `lookup`; `$${` escapes a literal `${`.
+pub fn substitute_env(
+    input: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, MissingEnv> {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if let Some(stripped) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix("${") {
+            match body.find('}') {
+                Some(end) => {
+                    let var = &body[..end];
+                    let value = lookup(var).ok_or_else(|| MissingEnv {
+                        var: var.to_owned(),
+                    })?;
+                    out.push_str(&value);
+                    rest = &body[end + 1..];
+                }
+                None => {
+                    out.push_str(after);
+                    rest = "";
+                }
+            }
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!("8MiB".parse::<ByteSize>().unwrap(), ByteSize(8 << 20));
+        assert_eq!("8 mib".parse::<ByteSize>().unwrap(), ByteSize(8 << 20));
+        assert_eq!("1GB".parse::<ByteSize>().unwrap(), ByteSize(1_000_000_000));
+        assert_eq!("512".parse::<ByteSize>().unwrap(), ByteSize(512));
+        assert_eq!("1.5KiB".parse::<ByteSize>().unwrap(), ByteSize(1536));
+        assert!("MiB".parse::<ByteSize>().is_err());
+        assert!("8 parsecs".parse::<ByteSize>().is_err());
+        assert!("99999999999999TiB".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(8 << 20).to_string(), "8MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000B");
+    }
+
+    #[test]
+    fn env_substitution() {
+        let lookup = |k: &str| (k == "KEY").then(|| "s3cret".to_owned());
+        assert_eq!(substitute_env("a ${KEY} b", lookup).unwrap(), "a s3cret b");
+        assert_eq!(substitute_env("$${KEY} $x", lookup).unwrap(), "${KEY} $x");
+        assert_eq!(substitute_env("${NOPE}", lookup).unwrap_err().var, "NOPE");
+        assert_eq!(
+            substitute_env("${unterminated", lookup).unwrap(),
+            "${unterminated"
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! Shared pieces of logferry: what the forwarder and the aggregator both need.
+//!
+//! - [`forward`]: the Fluentd Forward protocol v1 codec. Pure: bytes in, values out, no IO, so it
+//!   can be fuzzed and property-tested on its own.
+//! - [`chunk`]: the durable chunk buffer. Chunk files are the source of truth; appends share
+//!   fsyncs (group commit) and every append hands back a ticket that resolves only when its bytes
+//!   are on disk, so acks can follow durability.
+//! - [`config`]: sizes (`"8MiB"`), durations (`"5s"`) and `${ENV}` substitution for TOML configs.
+//! - [`telemetry`]: the process-wide Prometheus registry, the metrics named in the interface
+//!   contract, and `tracing` set-up.
+//!
+//! ## Delivery contract
+//! At-least-once, end to end: a record acknowledged to a sender is fsync'd on the receiver
+//! before the ack leaves; a chunk file is deleted only after its output delivered it.
+
+pub mod backoff;
+pub mod chunk;
+pub mod config;
+pub mod forward;
+pub mod msgpack;
+pub mod telemetry;

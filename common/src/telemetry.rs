@@ -1,0 +1,255 @@
+//! Metrics and logs.
+//!
+//! One process-wide Prometheus [`Registry`] holds every metric of the interface contract, so that
+//! any module can count what happens where it happens, and `/metrics` renders them all. Metric
+//! names are part of the contract (tools outside the repository scrape them): extend, never
+//! rename. Label values come from bounded sets only (output names, reasons, states), never from
+//! tags or peer addresses.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The registry behind `GET /metrics`.
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    {
+        let collector = prometheus::process_collector::ProcessCollector::for_self();
+        // Registration fails only on a duplicate name; this is the one place it is registered.
+        let _ = registry.register(Box::new(collector));
+    }
+    registry
+});
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
+    // A duplicate registration means two statics share a name: a programming error caught by
+    // the `all_metrics_register` test, never at run time with user input.
+    REGISTRY
+        .register(Box::new(collector.clone()))
+        .expect("metric names are unique");
+    collector
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    register(IntCounter::new(name, help).expect("valid metric name"))
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name"))
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    register(IntGauge::new(name, help).expect("valid metric name"))
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric name"))
+}
+
+macro_rules! metric {
+    ($(#[$doc:meta])* $name:ident: $ty:ty = $init:expr) => {
+        $(#[$doc])*
+        pub static $name: LazyLock<$ty> = LazyLock::new(|| $init);
+    };
+}
+
+metric!(
+    /// Records accepted from senders (after validation).
+    INPUT_RECORDS: IntCounter = counter("logferry_input_records_total", "Records accepted from senders")
+);
+metric!(
+    /// Bytes of Forward requests read from senders.
+    INPUT_BYTES: IntCounter = counter("logferry_input_bytes_total", "Bytes of requests read from senders")
+);
+metric!(
+    /// Records an output delivered.
+    OUTPUT_RECORDS: IntCounterVec = counter_vec(
+        "logferry_output_records_total", "Records delivered by an output", &["output"])
+);
+metric!(
+    /// Bytes an output delivered.
+    OUTPUT_BYTES: IntCounterVec = counter_vec(
+        "logferry_output_bytes_total", "Bytes delivered by an output", &["output"])
+);
+metric!(
+    /// Failed delivery attempts, by kind.
+    OUTPUT_ERRORS: IntCounterVec = counter_vec(
+        "logferry_output_errors_total", "Failed delivery attempts by kind", &["output", "kind"])
+);
+metric!(
+    /// Delivery retries.
+    OUTPUT_RETRIES: IntCounterVec = counter_vec(
+        "logferry_output_retries_total", "Delivery retries", &["output"])
+);
+metric!(
+    /// Time to deliver one chunk.
+    OUTPUT_FLUSH_DURATION: HistogramVec = register(
+        HistogramVec::new(
+            HistogramOpts::new("logferry_output_flush_duration_seconds", "Time to deliver one chunk"),
+            &["output"],
+        )
+        .expect("valid metric name"),
+    )
+);
+metric!(
+    /// Bytes held on disk by a buffer.
+    BUFFER_BYTES: IntGaugeVec = gauge_vec("logferry_buffer_bytes", "Bytes held on disk by a buffer", &["buffer"])
+);
+metric!(
+    /// Chunks in a buffer, by state (`open`, `sealed`).
+    BUFFER_CHUNKS: IntGaugeVec = gauge_vec(
+        "logferry_buffer_chunks", "Chunks in a buffer by state", &["buffer", "state"])
+);
+metric!(
+    /// The configured `total_limit_size` of a buffer.
+    BUFFER_LIMIT_BYTES: IntGaugeVec = gauge_vec(
+        "logferry_buffer_limit_bytes", "Configured total_limit_size of a buffer", &["buffer"])
+);
+metric!(
+    /// Age of the oldest chunk still held by a buffer.
+    BUFFER_OLDEST_AGE: IntGaugeVec = gauge_vec(
+        "logferry_buffer_oldest_record_age_seconds",
+        "Age of the oldest chunk held by a buffer",
+        &["buffer"])
+);
+metric!(
+    /// Records dropped, by reason (`buffer_full`, `drop_oldest_chunk`, `corrupt_frame`,
+    /// `invalid_event`, `no_route`, ...).
+    DROPPED_RECORDS: IntCounterVec = counter_vec(
+        "logferry_dropped_records_total", "Records dropped by reason", &["reason"])
+);
+metric!(
+    /// Records sent to an output's dead-letter directory.
+    DEAD_LETTER_RECORDS: IntCounterVec = counter_vec(
+        "logferry_dead_letter_records_total", "Records sent to dead letters", &["output", "reason"])
+);
+metric!(
+    /// Open Forward connections.
+    FORWARD_CONNECTIONS: IntGauge = gauge("logferry_forward_connections", "Open Forward connections")
+);
+metric!(
+    /// Failed Forward handshakes.
+    FORWARD_AUTH_FAILURES: IntCounter = counter(
+        "logferry_forward_auth_failures_total", "Failed Forward handshakes")
+);
+metric!(
+    /// Requests that could not be decoded (the connection is closed).
+    FORWARD_DECODE_ERRORS: IntCounter = counter(
+        "logferry_forward_decode_errors_total", "Forward requests that could not be decoded")
+);
+metric!(
+    /// Acks sent to senders.
+    FORWARD_ACKS: IntCounter = counter("logferry_forward_acks_total", "Acks sent to senders")
+);
+metric!(
+    /// Files being tailed (forwarder).
+    TAIL_FILES: IntGauge = gauge("logferry_tail_files", "Files being tailed")
+);
+metric!(
+    /// Bytes of rotated files released before they were read (forwarder).
+    TAIL_UNREAD_BYTES: IntCounter = counter(
+        "logferry_tail_unread_bytes", "Bytes of rotated files released unread")
+);
+metric!(
+    /// Time from append to durable (group commit), per buffer.
+    BUFFER_COMMIT_DURATION: Histogram = register(
+        Histogram::with_opts(
+            HistogramOpts::new("logferry_buffer_commit_duration_seconds", "Time of one group-commit fsync")
+                .buckets(vec![0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0]),
+        )
+        .expect("valid metric name"),
+    )
+);
+metric!(
+    /// Chunks found damaged at recovery or read time, by what was done (`quarantined`,
+    /// `truncated`, `bad_frame`).
+    BUFFER_CORRUPTION: IntCounterVec = counter_vec(
+        "logferry_buffer_corruption_total", "Damage found in chunk files", &["buffer", "action"])
+);
+
+/// Forces every metric into the registry, so `/metrics` lists them all from the start (a
+/// dashboard should see a zero, not a missing series).
+pub fn register_all() {
+    LazyLock::force(&INPUT_RECORDS);
+    LazyLock::force(&INPUT_BYTES);
+    LazyLock::force(&OUTPUT_RECORDS);
+    LazyLock::force(&OUTPUT_BYTES);
+    LazyLock::force(&OUTPUT_ERRORS);
+    LazyLock::force(&OUTPUT_RETRIES);
+    LazyLock::force(&OUTPUT_FLUSH_DURATION);
+    LazyLock::force(&BUFFER_BYTES);
+    LazyLock::force(&BUFFER_CHUNKS);
+    LazyLock::force(&BUFFER_LIMIT_BYTES);
+    LazyLock::force(&BUFFER_OLDEST_AGE);
+    LazyLock::force(&DROPPED_RECORDS);
+    LazyLock::force(&DEAD_LETTER_RECORDS);
+    LazyLock::force(&FORWARD_CONNECTIONS);
+    LazyLock::force(&FORWARD_AUTH_FAILURES);
+    LazyLock::force(&FORWARD_DECODE_ERRORS);
+    LazyLock::force(&FORWARD_ACKS);
+    LazyLock::force(&TAIL_FILES);
+    LazyLock::force(&TAIL_UNREAD_BYTES);
+    LazyLock::force(&BUFFER_COMMIT_DURATION);
+    LazyLock::force(&BUFFER_CORRUPTION);
+}
+
+/// Renders every registered metric in the Prometheus text format.
+pub fn render() -> String {
+    let mut out = Vec::new();
+    // Encoding to a Vec cannot fail for the text encoder except on invalid metric families,
+    // which the registry rejects at registration.
+    let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Log output format of the daemons (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the global `tracing` subscriber writing to stderr. The level comes from `RUST_LOG`
+/// when set, otherwise from `default_level` (`--log-level`).
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    // try_init fails only when a subscriber is already installed (tests); that one stays.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_metrics_register() {
+        register_all();
+        DROPPED_RECORDS.with_label_values(&["test"]).inc();
+        let text = render();
+        for name in [
+            "logferry_input_records_total",
+            "logferry_dropped_records_total",
+            "logferry_forward_acks_total",
+            "logferry_buffer_commit_duration_seconds",
+        ] {
+            assert!(text.contains(name), "{name} missing from /metrics");
+        }
+    }
+}
