@@ -1,0 +1,903 @@
+//! The streaming request decoder: bytes off a connection in, [`Request`]s out.
+//!
+//! ## Design constraints
+//!
+//! - Pure and incremental: the caller owns the socket and the [`BytesMut`]; [`Decoder::decode`]
+//!   either consumes one whole request or nothing. Feeding a stream in any split (down to one
+//!   byte at a time) yields the same requests.
+//! - Bounded: a request is rejected as soon as it is *known* to exceed
+//!   [`Limits::max_request_bytes`] (a declared length is enough; the bytes are never awaited),
+//!   and gzip payloads are inflated in steps up to [`Limits::max_decompressed_bytes`] and no
+//!   further. Nesting is limited ([`REQUEST_MAX_DEPTH`]), so hostile input cannot exhaust the
+//!   stack. No input panics.
+//! - One output shape: whatever carrier mode and time encoding came in, [`EventBatch::entries`]
+//!   holds canonical entries (`[EventTime fixext8, map]`, see [`super::entries`]).
+//! - Zero copy on the hot path: a PackedForward (or Forward) request whose entries are already
+//!   canonical, which is what our forwarder and Fluent Bit send, is validated by scanning and
+//!   returned as a slice of the received bytes. Otherwise one buffer per request is built,
+//!   re-encoding only the times.
+//!
+//! ## Operation
+//!
+//! 1. Find the end of the first top-level value with [`msgpack::scan_value`] (no allocation).
+//!    Incomplete: remember the lower bound on its length, so the next call returns at once until
+//!    that many bytes are buffered, and reject it now if the bound exceeds the limit.
+//! 2. Split the value off and freeze it. `nil` is a [`Request::Heartbeat`]; anything that is
+//!    neither `nil` nor an array is dropped and decoding continues with the next value.
+//! 3. Classify the array: handshake (`"HELO"`/`"PING"`/`"PONG"` with their arities), else an
+//!    event request by the type of element 2 (see [`super`]).
+//! 4. Walk the entries: count valid ones, skip (and count) the invalid ones, canonicalise.
+//!
+//! Every [`DecodeError`] is fatal for the connection: the server closes it without an ack, and
+//! the sender re-sends elsewhere or later.
+
+use std::io::Read;
+
+use bytes::{Bytes, BytesMut};
+
+use super::ack;
+use super::encode::encode_entry;
+use super::entries::{self, RawTime, ENTRY_MAX_DEPTH};
+use super::event_time::EventTime;
+use super::handshake::{self, Message};
+use crate::msgpack::{self, Kind, MsgpackError, Scan, Token, DEFAULT_MAX_DEPTH};
+
+/// Nesting allowed in a whole request: the request array, the Forward entries array and the
+/// entry array around a record of [`DEFAULT_MAX_DEPTH`]. Records themselves are held to
+/// [`DEFAULT_MAX_DEPTH`] in every mode, the depth [`msgpack::write_json`] accepts.
+pub const REQUEST_MAX_DEPTH: usize = DEFAULT_MAX_DEPTH + 3;
+
+/// Decompression proceeds in steps of this size, so the output buffer never grows much past
+/// what was actually inflated.
+const INFLATE_STEP: usize = 256 * 1024;
+
+/// Size limits applied while decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest request accepted, in bytes on the wire.
+    pub max_request_bytes: usize,
+    /// The largest payload a CompressedPackedForward request may inflate to.
+    pub max_decompressed_bytes: usize,
+}
+
+impl Limits {
+    /// Default [`Limits::max_request_bytes`]: 16 MiB.
+    pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+    /// Default [`Limits::max_decompressed_bytes`]: 64 MiB.
+    pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: Self::DEFAULT_MAX_REQUEST_BYTES,
+            max_decompressed_bytes: Self::DEFAULT_MAX_DECOMPRESSED_BYTES,
+        }
+    }
+}
+
+/// Why a request could not be decoded. Every variant means "close the connection": either the
+/// stream can no longer be framed or the peer broke the protocol or a limit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The request is (or is declared to be) larger than `limit` bytes.
+    #[error("request larger than {limit} bytes")]
+    RequestTooLarge {
+        /// The limit that was exceeded.
+        limit: usize,
+    },
+    /// A compressed payload inflates to more than `limit` bytes (a gzip bomb, or a limit set
+    /// too low). Decompression stopped at the limit.
+    #[error("compressed payload inflates to more than {limit} bytes")]
+    DecompressedTooLarge {
+        /// The limit that was exceeded.
+        limit: usize,
+    },
+    /// Valid msgpack, but not a Forward request: wrong arity, non-string tag, wrong element
+    /// types, options that are not a map...
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    /// Not valid msgpack (or nested too deeply).
+    #[error("invalid msgpack: {0}")]
+    Msgpack(#[from] MsgpackError),
+    /// The tag is not valid UTF-8.
+    #[error("tag is not valid UTF-8")]
+    InvalidUtf8Tag,
+    /// The gzip payload is corrupt or truncated.
+    #[error("invalid gzip payload: {0}")]
+    Gzip(#[source] std::io::Error),
+    /// The stream ended inside a request (only produced by `tokio_util::codec::Decoder::decode_eof`):
+    /// the peer went away mid-request; nothing of it was accepted.
+    #[error("stream ended inside a request ({buffered} bytes buffered)")]
+    UnexpectedEof {
+        /// Bytes of the unfinished request.
+        buffered: usize,
+    },
+    /// Reading the connection failed (only produced through `tokio_util::codec`).
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl DecodeError {
+    /// A short, stable label for metrics (`logferry_forward_decode_errors_total`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::RequestTooLarge { .. } => "request_too_large",
+            Self::DecompressedTooLarge { .. } => "decompressed_too_large",
+            Self::Malformed(_) => "malformed",
+            Self::Msgpack(MsgpackError::TooDeep { .. }) => "too_deep",
+            Self::Msgpack(_) => "invalid_msgpack",
+            Self::InvalidUtf8Tag => "invalid_utf8_tag",
+            Self::Gzip(_) => "gzip",
+            Self::UnexpectedEof { .. } => "unexpected_eof",
+            Self::Io(_) => "io",
+        }
+    }
+}
+
+/// One decoded top-level value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Top-level `nil`: a TCP heartbeat. Nothing to answer.
+    Heartbeat,
+    /// An event request in any carrier mode.
+    Events(EventBatch),
+    /// A handshake message.
+    Handshake(Message),
+}
+
+/// The events of one request, normalised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventBatch {
+    /// The tag (may be empty).
+    pub tag: String,
+    /// Canonical packed entries: concatenated `[EventTime fixext8, map]` msgpack arrays.
+    pub entries: Bytes,
+    /// Valid entries in `entries`.
+    pub records: u32,
+    /// Entries skipped as invalid (record not a map, time not int/EventTime/float/`[EventTime, map]`, nil record).
+    pub skipped: u32,
+    /// The raw msgpack encoding of the `chunk` option value (str or bin), echoed verbatim in the ack.
+    pub chunk: Option<Bytes>,
+    /// Bytes the request occupied on the wire.
+    pub wire_bytes: usize,
+}
+
+impl EventBatch {
+    /// The ack this request calls for, `None` when the sender did not ask for one.
+    pub fn ack(&self) -> Option<Vec<u8>> {
+        let chunk = self.chunk.as_ref()?;
+        let mut out = Vec::with_capacity(5 + chunk.len());
+        ack::encode_ack(chunk, &mut out);
+        Some(out)
+    }
+}
+
+/// The incremental decoder of one connection. See the [module docs](self).
+#[derive(Debug)]
+pub struct Decoder {
+    limits: Limits,
+    /// Lower bound on the length of the incomplete request at the front of the buffer: below
+    /// it, `decode` returns `Ok(None)` without rescanning. This is why a decoder serves one
+    /// stream (one buffer) only.
+    need: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new(Limits::default())
+    }
+}
+
+impl Decoder {
+    /// A decoder enforcing `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self { limits, need: 0 }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Decodes the next request at the start of `buf`, consuming its bytes. `Ok(None)` means
+    /// more bytes are needed (nothing was consumed). Top-level values that are neither array
+    /// nor nil are consumed and ignored.
+    ///
+    /// Use one decoder per stream, and pass it the same buffer every time: it remembers how
+    /// many bytes the unfinished request at the front needs at least, and skips rescanning
+    /// until they are there.
+    ///
+    /// # Errors
+    /// See [`DecodeError`]; all are fatal for the connection. The bytes of a request that
+    /// failed to parse have been consumed; on a limit or framing error they have not.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, DecodeError> {
+        self.decode_next(buf)
+    }
+
+    fn decode_next(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, DecodeError> {
+        let max = self.limits.max_request_bytes;
+        loop {
+            if buf.is_empty() || buf.len() < self.need {
+                return Ok(None);
+            }
+            let scan = msgpack::scan_value(buf, REQUEST_MAX_DEPTH);
+            self.need = 0;
+            let len = match scan? {
+                Scan::Complete(len) if len <= max => len,
+                Scan::Incomplete { min_len } if min_len <= max => {
+                    self.need = min_len;
+                    return Ok(None);
+                }
+                Scan::Complete(_) | Scan::Incomplete { .. } => {
+                    return Err(DecodeError::RequestTooLarge { limit: max })
+                }
+            };
+            let frame = buf.split_to(len).freeze();
+            if let Some(request) = parse_request(&frame, &self.limits)? {
+                return Ok(Some(request));
+            }
+        }
+    }
+}
+
+impl tokio_util::codec::Decoder for Decoder {
+    type Item = Request;
+    type Error = DecodeError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Request>, DecodeError> {
+        self.decode_next(src)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, DecodeError> {
+        match self.decode_next(buf)? {
+            Some(request) => Ok(Some(request)),
+            None if buf.is_empty() => Ok(None),
+            None => Err(DecodeError::UnexpectedEof {
+                buffered: buf.len(),
+            }),
+        }
+    }
+}
+
+/// Parses one complete top-level value. `Ok(None)`: a value to ignore.
+fn parse_request(frame: &Bytes, limits: &Limits) -> Result<Option<Request>, DecodeError> {
+    let mut cur: &[u8] = frame;
+    let arity = match msgpack::read_token(&mut cur)? {
+        Token::Nil => return Ok(Some(Request::Heartbeat)),
+        Token::Array(n) => n,
+        _ => return Ok(None),
+    };
+    if arity == 0 {
+        return Err(DecodeError::Malformed("empty request array"));
+    }
+    let Token::Str(tag) = msgpack::read_token(&mut cur)? else {
+        return Err(DecodeError::Malformed("tag is not a string"));
+    };
+    let handshake = match (tag, arity) {
+        (b"HELO", 2) if msgpack::peek_kind(cur)? == Kind::Map => {
+            Some(Message::Helo(handshake::parse_helo(&mut cur)?))
+        }
+        (b"PING", 6) => Some(Message::Ping(handshake::parse_ping(&mut cur)?)),
+        (b"PONG", 5) => Some(Message::Pong(handshake::parse_pong(&mut cur)?)),
+        _ => None,
+    };
+    if let Some(message) = handshake {
+        return Ok(Some(Request::Handshake(message)));
+    }
+    if arity < 2 {
+        return Err(DecodeError::Malformed("request has fewer than 2 elements"));
+    }
+    let tag = std::str::from_utf8(tag).map_err(|_| DecodeError::InvalidUtf8Tag)?;
+
+    let mut batch = Batch::default();
+    match msgpack::peek_kind(cur)? {
+        Kind::Array if (arity == 3 || arity == 4) && is_v15_time(cur) => {
+            // [tag, [EventTime, metadata], record, options?] is a Message, not a Forward.
+            batch.message(&mut cur)?;
+        }
+        Kind::Array if arity == 2 || arity == 3 => {
+            let count = msgpack::read_array_len(&mut cur)?;
+            let region = cur;
+            let consumed = batch.entries(region, Some(count))?;
+            cur = region.get(consumed..).unwrap_or_default();
+            batch.set_source(frame, region.get(..consumed).unwrap_or_default());
+        }
+        Kind::Bin | Kind::Str if arity == 2 || arity == 3 => {
+            let payload = msgpack::read_str_or_bin(&mut cur)?;
+            let options = Options::parse(&mut cur, arity == 3)?;
+            if options.gzip {
+                let inflated = Bytes::from(gunzip(payload, limits.max_decompressed_bytes)?);
+                batch.entries(&inflated, None)?;
+                batch.set_source(&inflated, &inflated);
+            } else {
+                batch.entries(payload, None)?;
+                batch.set_source(frame, payload);
+            }
+            return Ok(Some(batch.finish(tag, options.chunk(frame), frame.len())));
+        }
+        Kind::Int | Kind::Ext | Kind::Float | Kind::Nil if arity == 3 || arity == 4 => {
+            batch.message(&mut cur)?;
+        }
+        Kind::Array | Kind::Bin | Kind::Str | Kind::Int | Kind::Ext | Kind::Float | Kind::Nil => {
+            return Err(DecodeError::Malformed(
+                "wrong number of elements for the carrier mode",
+            ))
+        }
+        Kind::Map | Kind::Bool => {
+            return Err(DecodeError::Malformed(
+                "second element is not a time, array or payload",
+            ))
+        }
+    }
+    let has_options = match batch.mode {
+        Mode::Message => arity == 4,
+        Mode::Forward => arity == 3,
+    };
+    let options = Options::parse(&mut cur, has_options)?;
+    Ok(Some(batch.finish(tag, options.chunk(frame), frame.len())))
+}
+
+/// True if the array at the start of `cur` is a v1.5 time `[EventTime, metadata...]` rather
+/// than a Forward entry list (whose elements are arrays).
+fn is_v15_time(cur: &[u8]) -> bool {
+    let mut probe = cur;
+    matches!(msgpack::read_array_len(&mut probe), Ok(n) if n >= 1)
+        && matches!(msgpack::peek_kind(probe), Ok(Kind::Ext))
+}
+
+/// The options we act on. Unknown keys are ignored.
+#[derive(Debug, Default)]
+struct Options<'a> {
+    /// Raw encoding of the `chunk` value.
+    chunk: Option<&'a [u8]>,
+    /// `compressed` is `"gzip"`.
+    gzip: bool,
+}
+
+impl<'a> Options<'a> {
+    /// Reads the options element if `present`. `nil` counts as absent.
+    fn parse(cur: &mut &'a [u8], present: bool) -> Result<Self, DecodeError> {
+        let mut options = Self::default();
+        if !present {
+            return Ok(options);
+        }
+        let pairs = match msgpack::read_token(cur)? {
+            Token::Nil => return Ok(options),
+            Token::Map(n) => n,
+            _ => return Err(DecodeError::Malformed("options is not a map")),
+        };
+        for _ in 0..pairs {
+            let key = msgpack::skip_value(cur, DEFAULT_MAX_DEPTH)?;
+            let value = msgpack::skip_value(cur, DEFAULT_MAX_DEPTH)?;
+            match key {
+                b"\xa5chunk" => match msgpack::peek_kind(value)? {
+                    Kind::Str | Kind::Bin => options.chunk = Some(value),
+                    Kind::Nil => options.chunk = None,
+                    _ => return Err(DecodeError::Malformed("chunk option is not a string")),
+                },
+                // Fluentd sends "text" when not compressing: only "gzip" means anything.
+                b"\xaacompressed" => options.gzip = value == b"\xa4gzip",
+                _ => {}
+            }
+        }
+        Ok(options)
+    }
+
+    fn chunk(&self, frame: &Bytes) -> Option<Bytes> {
+        self.chunk.map(|raw| frame.slice_ref(raw))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Mode {
+    #[default]
+    Forward,
+    Message,
+}
+
+/// The entries of one request while they are being walked.
+#[derive(Debug, Default)]
+struct Batch {
+    mode: Mode,
+    /// Built only when some entry is not canonical (or was skipped).
+    owned: Option<Vec<u8>>,
+    /// The zero-copy result, when every entry was canonical.
+    borrowed: Option<Bytes>,
+    records: u32,
+    skipped: u32,
+    /// "Now", read once per request for every entry without a time.
+    now: Option<EventTime>,
+}
+
+impl Batch {
+    /// Walks the entries at the start of `region`: `count` of them (Forward), or until the end
+    /// (PackedForward). Returns the bytes consumed.
+    fn entries(&mut self, region: &[u8], count: Option<u32>) -> Result<usize, DecodeError> {
+        let mut cur = region;
+        let mut left = count;
+        loop {
+            match left.as_mut() {
+                Some(0) => break,
+                Some(n) => *n -= 1,
+                None if cur.is_empty() => break,
+                None => {}
+            }
+            if let Some(entry) = entries::canonical(cur)? {
+                let (entry, rest) = cur
+                    .split_at_checked(entry.len)
+                    .ok_or(MsgpackError::Truncated)?;
+                if let Some(out) = self.owned.as_mut() {
+                    out.extend_from_slice(entry);
+                }
+                self.records = self.records.saturating_add(1);
+                cur = rest;
+                continue;
+            }
+            // Not canonical: from here on, build the output (starting with the canonical
+            // prefix already walked).
+            let done = region.len() - cur.len();
+            let out = self.owned.get_or_insert_with(|| {
+                // Re-encoded times are at most 9 bytes longer than the smallest time (a fixint).
+                let mut out = Vec::with_capacity(region.len() + region.len() / 16 + 64);
+                out.extend_from_slice(region.get(..done).unwrap_or_default());
+                out
+            });
+            match parse_entry(&mut cur)? {
+                Some((time, record)) => {
+                    let time = resolve(time, &mut self.now);
+                    encode_entry(time, record, out);
+                    self.records = self.records.saturating_add(1);
+                }
+                None => self.skipped = self.skipped.saturating_add(1),
+            }
+        }
+        Ok(region.len() - cur.len())
+    }
+
+    /// Message mode: `time, record` at `cur`.
+    fn message(&mut self, cur: &mut &[u8]) -> Result<(), DecodeError> {
+        self.mode = Mode::Message;
+        let time = entries::read_time(cur)?;
+        let record = msgpack::skip_value(cur, DEFAULT_MAX_DEPTH)?;
+        let out = self.owned.get_or_insert_with(Vec::new);
+        match valid(time, record) {
+            Some(time) => {
+                out.reserve(1 + EventTime::ENCODED_LEN + record.len());
+                encode_entry(resolve(time, &mut self.now), record, out);
+                self.records = 1;
+            }
+            None => self.skipped = 1,
+        }
+        Ok(())
+    }
+
+    /// Records where the walked `entries` live, for the zero-copy case: `entries` must be a
+    /// subslice of `source`.
+    fn set_source(&mut self, source: &Bytes, entries: &[u8]) {
+        if self.owned.is_none() {
+            self.borrowed = Some(source.slice_ref(entries));
+        }
+    }
+
+    fn finish(self, tag: &str, chunk: Option<Bytes>, wire_bytes: usize) -> Request {
+        let entries = match (self.owned, self.borrowed) {
+            (Some(owned), _) => Bytes::from(owned),
+            (None, Some(borrowed)) => borrowed,
+            (None, None) => Bytes::new(),
+        };
+        Request::Events(EventBatch {
+            tag: tag.to_owned(),
+            entries,
+            records: self.records,
+            skipped: self.skipped,
+            chunk,
+            wire_bytes,
+        })
+    }
+}
+
+/// A general entry: `[time, record, ignored...]`. `Ok(None)` for an entry to skip; errors only
+/// for invalid msgpack.
+fn parse_entry<'a>(cur: &mut &'a [u8]) -> Result<Option<(RawTime, &'a [u8])>, DecodeError> {
+    let mut probe = *cur;
+    let n = match msgpack::read_token(&mut probe)? {
+        Token::Array(n) if n >= 2 => n,
+        _ => {
+            msgpack::skip_value(cur, ENTRY_MAX_DEPTH)?;
+            return Ok(None);
+        }
+    };
+    *cur = probe;
+    let time = entries::read_time(cur)?;
+    let record = msgpack::skip_value(cur, DEFAULT_MAX_DEPTH)?;
+    // Fluentd reads `time, record = entry` and ignores anything after.
+    for _ in 2..n {
+        msgpack::skip_value(cur, DEFAULT_MAX_DEPTH)?;
+    }
+    Ok(valid(time, record).map(|time| (time, record)))
+}
+
+/// The entry's time if the entry is to be kept: the time is a time (or nil) and the record a map.
+fn valid(time: RawTime, record: &[u8]) -> Option<RawTime> {
+    let is_map = record.first().is_some_and(|&m| msgpack::is_map_marker(m));
+    (is_map && time != RawTime::Invalid).then_some(time)
+}
+
+/// Fluentd's rule: a missing time or one whose seconds are 0 means "now".
+fn resolve(time: RawTime, now: &mut Option<EventTime>) -> EventTime {
+    match time {
+        RawTime::At(t) if t.secs != 0 => t,
+        _ => *now.get_or_insert_with(EventTime::now),
+    }
+}
+
+/// Inflates a (possibly multi-member) gzip payload, never holding more than `limit` + 1 bytes.
+///
+/// The output grows in steps that start near the expected size (a few times the input) and
+/// double up to [`INFLATE_STEP`], so small payloads cost little and a bomb is stopped one byte
+/// past the limit.
+fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::new();
+    if data.is_empty() {
+        return Ok(out);
+    }
+    let mut decoder = flate2::read::MultiGzDecoder::new(data);
+    let mut step = data.len().saturating_mul(4).clamp(4096, INFLATE_STEP);
+    loop {
+        // Read at most one byte past the limit: enough to know it was exceeded.
+        let room = limit.saturating_add(1).saturating_sub(out.len()).min(step);
+        if room == 0 {
+            return Err(DecodeError::DecompressedTooLarge { limit });
+        }
+        let start = out.len();
+        let want = start + room;
+        if out.capacity() < want {
+            // Geometric growth (amortised copies), capped at the limit + 1.
+            let target = out
+                .capacity()
+                .saturating_mul(2)
+                .clamp(want, limit.saturating_add(1).max(want));
+            out.reserve_exact(target - start);
+        }
+        out.resize(want, 0);
+        let read = loop {
+            match decoder.read(out.get_mut(start..).unwrap_or_default()) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DecodeError::Gzip(e)),
+            }
+        };
+        out.truncate(start + read);
+        if read == 0 {
+            break;
+        }
+        step = step.saturating_mul(2).min(INFLATE_STEP);
+    }
+    if out.len() > limit {
+        return Err(DecodeError::DecompressedTooLarge { limit });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::encode::{encode_compressed_packed_forward, encode_packed_forward, gzip};
+    use crate::forward::entries::Entries;
+
+    fn record(i: u32) -> Vec<u8> {
+        rmp_serde::to_vec_named(&serde_json::json!({ "log": format!("line {i}"), "seq": i }))
+            .unwrap()
+    }
+
+    fn canonical(n: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            encode_entry(EventTime::new(1_700_000_000 + i, i), &record(i), &mut out);
+        }
+        out
+    }
+
+    fn decode_all(bytes: &[u8]) -> Vec<Request> {
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(request) = decoder.decode(&mut buf).unwrap() {
+            out.push(request);
+        }
+        assert!(buf.is_empty(), "left over: {:x?}", &buf[..]);
+        out
+    }
+
+    fn events(request: &Request) -> &EventBatch {
+        match request {
+            Request::Events(batch) => batch,
+            other => panic!("not events: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn packed_forward_is_zero_copy() {
+        let entries = canonical(3);
+        let mut wire = Vec::new();
+        encode_packed_forward("kube.a", &entries, 3, Some("id"), &mut wire);
+        let mut buf = BytesMut::from(&wire[..]);
+        let base = buf.as_ptr() as usize;
+        let request = Decoder::default().decode(&mut buf).unwrap().unwrap();
+        let batch = events(&request);
+        assert_eq!(batch.entries, entries);
+        assert_eq!(
+            (batch.records, batch.skipped, batch.wire_bytes),
+            (3, 0, wire.len())
+        );
+        let at = batch.entries.as_ptr() as usize;
+        assert!(
+            at >= base && at < base + wire.len(),
+            "entries must point into the input"
+        );
+        assert_eq!(batch.chunk.as_deref(), Some(&b"\xa2id"[..]));
+        assert_eq!(batch.ack().unwrap(), b"\x81\xa3ack\xa2id");
+    }
+
+    #[test]
+    fn forward_mode_canonical_is_zero_copy_too() {
+        let entries = canonical(2);
+        let mut wire = vec![0x92, 0xa1, b't', 0x92];
+        wire.extend_from_slice(&entries);
+        let mut buf = BytesMut::from(&wire[..]);
+        let base = buf.as_ptr() as usize;
+        let request = Decoder::default().decode(&mut buf).unwrap().unwrap();
+        let batch = events(&request);
+        assert_eq!(batch.entries, entries);
+        assert_eq!(batch.records, 2);
+        assert_eq!(batch.entries.as_ptr() as usize, base + 4);
+    }
+
+    #[test]
+    fn mixed_entries_are_canonicalised_and_skips_counted() {
+        let mut payload = canonical(1);
+        // uint time
+        payload.extend_from_slice(&[0x92, 0xce, 0x5f, 0xee, 0x66, 0x00]);
+        payload.extend_from_slice(&record(1));
+        // record is a string: skipped
+        payload.extend_from_slice(&[0x92, 0x01, 0xa1, b'x']);
+        // nil record: skipped
+        payload.extend_from_slice(&[0x92, 0x01, 0xc0]);
+        // entry is not an array: skipped
+        payload.extend_from_slice(&[0x81, 0x01, 0x02]);
+        // entry too short: skipped
+        payload.extend_from_slice(&[0x91, 0x01]);
+        // v1.5 time with extra trailing element
+        payload.extend_from_slice(&[0x93, 0x92, 0xd7, 0, 0, 0, 0, 9, 0, 0, 0, 9, 0x80]);
+        payload.extend_from_slice(&record(2));
+        payload.push(0xc0);
+        let mut wire = Vec::new();
+        encode_packed_forward("t", &payload, 8, None, &mut wire);
+        let batch = events(&decode_all(&wire)[0]).clone();
+        assert_eq!((batch.records, batch.skipped), (3, 4));
+        assert_eq!(batch.chunk, None);
+        let got: Vec<_> = Entries::new(&batch.entries).map(Result::unwrap).collect();
+        assert_eq!(got[0].time, EventTime::new(1_700_000_000, 0));
+        assert_eq!(got[1].time, EventTime::new(0x5fee_6600, 0));
+        assert_eq!(got[1].record, record(1));
+        assert_eq!(got[2].time, EventTime::new(9, 9));
+        assert_eq!(got[2].record, record(2));
+    }
+
+    #[test]
+    fn zero_and_nil_times_become_now() {
+        let before = EventTime::now();
+        let mut payload = vec![0x92, 0x00];
+        payload.extend_from_slice(&record(0));
+        payload.extend_from_slice(&[0x92, 0xc0]);
+        payload.extend_from_slice(&record(1));
+        payload.extend_from_slice(&[0x92, 0xd7, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
+        payload.extend_from_slice(&record(2));
+        let mut wire = Vec::new();
+        encode_packed_forward("t", &payload, 3, None, &mut wire);
+        let batch = events(&decode_all(&wire)[0]).clone();
+        let times: Vec<_> = Entries::new(&batch.entries)
+            .map(|e| e.unwrap().time)
+            .collect();
+        assert_eq!(times.len(), 3);
+        assert!(times.iter().all(|t| *t >= before && *t == times[0]));
+    }
+
+    #[test]
+    fn gzip_limit_and_errors() {
+        let entries = canonical(100);
+        let mut wire = Vec::new();
+        encode_compressed_packed_forward("t", &gzip(&entries), 100, None, &mut wire);
+        let limits = Limits {
+            max_decompressed_bytes: entries.len(),
+            ..Limits::default()
+        };
+        let mut buf = BytesMut::from(&wire[..]);
+        let request = Decoder::new(limits).decode(&mut buf).unwrap().unwrap();
+        assert_eq!(events(&request).entries, entries);
+        let limits = Limits {
+            max_decompressed_bytes: entries.len() - 1,
+            ..Limits::default()
+        };
+        let mut buf = BytesMut::from(&wire[..]);
+        assert!(matches!(
+            Decoder::new(limits).decode(&mut buf),
+            Err(DecodeError::DecompressedTooLarge { .. })
+        ));
+        // Corrupt gzip.
+        let mut wire = Vec::new();
+        encode_compressed_packed_forward("t", b"not gzip at all", 1, None, &mut wire);
+        let err = Decoder::default()
+            .decode(&mut BytesMut::from(&wire[..]))
+            .unwrap_err();
+        assert_eq!(err.code(), "gzip");
+        // Empty compressed payload: no entries.
+        let mut wire = Vec::new();
+        encode_compressed_packed_forward("t", b"", 0, Some("c"), &mut wire);
+        let batch = events(&decode_all(&wire)[0]).clone();
+        assert_eq!((batch.records, batch.entries.len()), (0, 0));
+        assert!(batch.ack().is_some());
+    }
+
+    #[test]
+    fn gunzip_never_grows_past_the_limit() {
+        let data = gzip(&vec![0u8; 8 * 1024 * 1024]);
+        let err = gunzip(&data, 1000).unwrap_err();
+        assert!(matches!(
+            err,
+            DecodeError::DecompressedTooLarge { limit: 1000 }
+        ));
+        let ok = gunzip(&data, 8 * 1024 * 1024).unwrap();
+        assert_eq!(ok.len(), 8 * 1024 * 1024);
+        assert!(ok.capacity() <= 8 * 1024 * 1024 + 1);
+    }
+
+    #[test]
+    fn request_limit_applies_to_declared_and_buffered_lengths() {
+        let limits = Limits {
+            max_request_bytes: 100,
+            ..Limits::default()
+        };
+        // A declared bin32 of 1 MiB: rejected from the 9 header bytes alone.
+        let mut buf = BytesMut::from(&[0x93, 0xa1, b't', 0xc6, 0x00, 0x10, 0x00, 0x00][..]);
+        assert!(matches!(
+            Decoder::new(limits).decode(&mut buf),
+            Err(DecodeError::RequestTooLarge { limit: 100 })
+        ));
+        // A complete request over the limit.
+        let mut wire = Vec::new();
+        encode_packed_forward("t", &canonical(5), 5, None, &mut wire);
+        assert!(wire.len() > 100);
+        let mut buf = BytesMut::from(&wire[..]);
+        assert_eq!(
+            Decoder::new(limits).decode(&mut buf).unwrap_err().code(),
+            "request_too_large"
+        );
+    }
+
+    #[test]
+    fn errors() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (vec![0x90], "malformed"),
+            (vec![0x91, 0xa1, b't'], "malformed"),
+            (vec![0x92, 0x01, 0x90], "malformed"),
+            (vec![0x93, 0xa1, b't', 0x80, 0x80], "malformed"),
+            (vec![0x95, 0xa1, b't', 0x01, 0x80, 0x80, 0x80], "malformed"),
+            (vec![0x92, 0xa1, b't', 0x01], "malformed"),
+            (vec![0x93, 0xa1, b't', 0xc4, 0x00, 0x01], "malformed"),
+            (
+                vec![
+                    0x93, 0xa1, b't', 0xc4, 0x00, 0x81, 0xa5, b'c', b'h', b'u', b'n', b'k', 0x01,
+                ],
+                "malformed",
+            ),
+            (vec![0x92, 0xa1, 0xff, 0x90], "invalid_utf8_tag"),
+            (
+                vec![0x92, 0xa1, b't', 0xc4, 0x02, 0x92, 0x01],
+                "invalid_msgpack",
+            ),
+            (vec![0x92, 0xa1, b't', 0xc1], "invalid_msgpack"),
+            (vec![0x91, 0xa4, b'P', b'I', b'N', b'G'], "malformed"),
+            (
+                vec![0x96, 0xa4, b'P', b'I', b'N', b'G', 1, 2, 3, 4, 5],
+                "malformed",
+            ),
+            (vec![0x92, 0xa4, b'H', b'E', b'L', b'O', 0x80], "malformed"),
+        ];
+        for (bytes, code) in cases {
+            let err = Decoder::default()
+                .decode(&mut BytesMut::from(&bytes[..]))
+                .unwrap_err();
+            assert_eq!(err.code(), code, "{bytes:x?}: {err}");
+        }
+    }
+
+    #[test]
+    fn handshake_messages() {
+        use crate::forward::handshake::*;
+        let helo = Helo {
+            nonce: Bytes::from_static(&[7; 16]),
+            auth_salt: Bytes::new(),
+            keepalive: true,
+        };
+        let ping = Ping {
+            client_hostname: "f".into(),
+            shared_key_salt: Bytes::from_static(&[0xff, 0x00]),
+            shared_key_digest: "d".into(),
+            username: "u".into(),
+            password_digest: "p".into(),
+        };
+        let pong = Pong {
+            auth_result: false,
+            reason: "nope".into(),
+            server_hostname: String::new(),
+            shared_key_digest: String::new(),
+        };
+        let mut wire = Vec::new();
+        encode_helo(&helo, &mut wire);
+        encode_ping(&ping, &mut wire);
+        encode_pong(&pong, &mut wire);
+        assert_eq!(
+            decode_all(&wire),
+            vec![
+                Request::Handshake(Message::Helo(helo)),
+                Request::Handshake(Message::Ping(ping)),
+                Request::Handshake(Message::Pong(pong)),
+            ]
+        );
+        // A Forward request tagged "HELO" is still events.
+        let mut wire = vec![0x92, 0xa4, b'H', b'E', b'L', b'O', 0x90];
+        encode_packed_forward("PING", &canonical(1), 1, None, &mut wire);
+        let got = decode_all(&wire);
+        assert_eq!(events(&got[0]).tag, "HELO");
+        assert_eq!(events(&got[1]).tag, "PING");
+    }
+
+    #[test]
+    fn message_mode_with_v15_time() {
+        let rec = record(1);
+        let mut wire = vec![
+            0x93, 0xa1, b't', 0x92, 0xd7, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0x81, 0xa1, b'k', 0x01,
+        ];
+        wire.extend_from_slice(&rec);
+        let batch = events(&decode_all(&wire)[0]).clone();
+        let got: Vec<_> = Entries::new(&batch.entries).map(Result::unwrap).collect();
+        assert_eq!(
+            got,
+            vec![entries::Entry {
+                time: EventTime::new(1, 2),
+                record: &rec
+            }]
+        );
+    }
+
+    #[test]
+    fn ignored_values_and_heartbeats() {
+        let mut wire = vec![0x01, 0xa3, b'a', b'b', b'c', 0x80, 0xc0];
+        encode_packed_forward("t", &canonical(1), 1, None, &mut wire);
+        let got = decode_all(&wire);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], Request::Heartbeat);
+        // Only ignored values: everything consumed, nothing returned.
+        assert!(decode_all(&[0x01, 0x02, 0x80]).is_empty());
+    }
+
+    #[test]
+    fn tokio_codec_decode_eof() {
+        use tokio_util::codec::Decoder as _;
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::from(&[0xc0, 0x92][..]);
+        assert_eq!(
+            decoder.decode_eof(&mut buf).unwrap(),
+            Some(Request::Heartbeat)
+        );
+        assert_eq!(
+            decoder.decode_eof(&mut buf).unwrap_err().code(),
+            "unexpected_eof"
+        );
+        let err: DecodeError = std::io::Error::other("x").into();
+        assert_eq!(err.code(), "io");
+    }
+}
