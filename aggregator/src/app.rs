@@ -1,0 +1,361 @@
+//! Wiring and lifecycle: start every part in order, serve, reload, shut down with flush.
+//!
+//! ## Start
+//! Buffers are recovered first (chunks left by the last run are queued for their outputs),
+//! then the outputs and their workers start, then the Forward listener binds, and only then
+//! does `/readyz` turn 200.
+//!
+//! ## Shutdown (SIGTERM, SIGINT)
+//! ```text
+//! readyz 503 -> stop accepting; connections stop reading, ack what they stored, close
+//!            -> buffers seal their open chunks (fsync) and close
+//!            -> outputs deliver what is left until shutdown_timeout (from the signal)
+//!            -> whatever is undelivered stays on disk for the next start
+//! ```
+//!
+//! ## Reload (SIGHUP, `POST /reload`)
+//! The file is parsed and validated first; an invalid config is rejected and the running one
+//! stays. Routes are swapped live. Changes to listeners, buffers or outputs need a restart and
+//! are rejected with a message saying so, rather than half-applied.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use logferry_common::chunk::{Buffer, BufferOptions, ChunkError};
+use logferry_common::forward::Limits;
+use logferry_common::telemetry;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Phase, ReloadRequest, Status};
+use crate::config::{parse_addr, Config, ConfigErrors};
+use crate::dedupe::AckedChunks;
+use crate::outputs::{Output, OutputError, OutputHealth, Worker};
+use crate::route::{Pattern, Router};
+use crate::server::{Pipeline, Server};
+
+/// Why the aggregator could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    /// An output's buffer could not be opened or recovered.
+    #[error("buffer of output {name}: {source}")]
+    Buffer {
+        /// The output.
+        name: String,
+        /// What failed.
+        source: ChunkError,
+    },
+    /// An output could not be built.
+    #[error("output {name}: {source}")]
+    Output {
+        /// The output.
+        name: String,
+        /// What failed.
+        source: OutputError,
+    },
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// `forward` or `admin`.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Another process holds the buffer directory.
+    #[error("buffer directory {path} is in use by another process (lock file {lock}): {source}")]
+    Locked {
+        /// The buffer root.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// The directory of one output's buffer.
+pub fn output_buffer_dir(config: &Config, output: &str) -> PathBuf {
+    config.buffer.path.join("outputs").join(output)
+}
+
+/// Runs the aggregator until SIGTERM/SIGINT, then shuts down gracefully.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
+    config.validate()?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    telemetry::register_all();
+
+    // Two processes appending to one buffer directory would corrupt it (two pods on one PV,
+    // or a restart racing its predecessor). The lock is released when the process exits,
+    // however it exits.
+    let _lock = lock_buffer_root(&config.buffer.path)?;
+    let names: Vec<String> = config.outputs.keys().cloned().collect();
+    let mut buffers = Vec::with_capacity(names.len());
+    let mut workers = Vec::with_capacity(names.len());
+    for name in &names {
+        let output_config = &config.outputs[name];
+        let dir = output_buffer_dir(&config, name);
+        let (buffer, sealed, recovered) = Buffer::open(buffer_options(&config, name, &dir))
+            .map_err(|source| StartError::Buffer {
+                name: name.clone(),
+                source,
+            })?;
+        tracing::info!(
+            output = %name, chunks = recovered.sealed_chunks, records = recovered.records,
+            bytes = recovered.bytes, truncated_bytes = recovered.truncated_bytes,
+            bad_frames = recovered.bad_frames, quarantined = recovered.quarantined.len(),
+            "buffer recovered"
+        );
+        let output = Output::build(output_config).map_err(|source| StartError::Output {
+            name: name.clone(),
+            source,
+        })?;
+        workers.push(Worker {
+            name: name.clone(),
+            output,
+            buffer: buffer.clone(),
+            sealed,
+            retry: output_config.retry().clone(),
+            dead_letter_dir: dir.join("dead-letter"),
+            health: Arc::new(OutputHealth::default()),
+        });
+        buffers.push(buffer);
+    }
+
+    let pipeline = Arc::new(Pipeline {
+        router: RwLock::new(Arc::new(build_router(&config, &names))),
+        buffers: buffers.clone(),
+        acked: AckedChunks::open(
+            &config.buffer.path.join("index"),
+            config.server.dedupe_window,
+        ),
+        limits: Limits {
+            max_request_bytes: config.server.max_request_bytes.bytes() as usize,
+            max_decompressed_bytes: config.server.max_decompressed_bytes.bytes() as usize,
+        },
+        idle_timeout: config.server.idle_timeout,
+    });
+
+    let hard_stop = CancellationToken::new();
+    let worker_tasks: Vec<_> = workers
+        .into_iter()
+        .map(|w| tokio::spawn(w.run(hard_stop.clone())))
+        .collect();
+
+    let status = Arc::new(Status::new(buffers.clone()));
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let admin_stop = CancellationToken::new();
+    let admin_addr = parse_addr(&config.admin.listen)
+        .map_err(|_| bind_err("admin", &config.admin.listen, None))?;
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|e| bind_err("admin", &config.admin.listen, Some(e)))?;
+    tracing::info!(listener = "admin", addr = %local(&admin_listener), "listening");
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&status),
+        reload_tx,
+        admin_stop.clone(),
+    ));
+
+    let forward_addr = parse_addr(&config.server.listen)
+        .map_err(|_| bind_err("forward", &config.server.listen, None))?;
+    let server = Server::bind(
+        forward_addr,
+        Arc::clone(&pipeline),
+        config.server.max_connections,
+    )
+    .await
+    .map_err(|e| bind_err("forward", &config.server.listen, Some(e)))?;
+    if let Ok(addr) = server.local_addr() {
+        tracing::info!(listener = "forward", %addr, "listening");
+    }
+    let stop_accepting = CancellationToken::new();
+    let server_task = tokio::spawn(server.run(stop_accepting.clone()));
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
+    status.set(Phase::Ready);
+    let running = config;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => {
+                match reload(&running, config_path.as_deref(), &names, &pipeline) {
+                    Ok(msg) => tracing::info!("{msg}"),
+                    Err(msg) => tracing::error!("reload rejected: {msg}"),
+                }
+            }
+            Some(reply) = reload_rx.recv() => {
+                let result = reload(&running, config_path.as_deref(), &names, &pipeline);
+                match &result {
+                    Ok(msg) => tracing::info!("{msg}"),
+                    Err(msg) => tracing::error!("reload rejected: {msg}"),
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    let deadline = tokio::time::Instant::now() + running.shutdown_timeout;
+    tracing::info!(timeout = ?running.shutdown_timeout, "shutting down: draining connections and outputs");
+    status.set(Phase::Draining);
+    stop_accepting.cancel();
+    if tokio::time::timeout_at(deadline, server_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections did not finish before the shutdown deadline");
+    }
+    for buffer in &buffers {
+        if let Err(e) = buffer.close().await {
+            tracing::error!(buffer = buffer.name(), error = %e, "cannot seal the open chunk");
+        }
+    }
+    let drained = tokio::time::timeout_at(deadline, async {
+        for task in worker_tasks {
+            let _ = task.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        hard_stop.cancel();
+        let left: u64 = buffers.iter().map(|b| b.usage().bytes).sum();
+        tracing::warn!(
+            bytes_left = left,
+            "shutdown deadline reached; undelivered chunks stay on disk for the next start"
+        );
+    }
+    pipeline.acked.flush();
+    admin_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn lock_buffer_root(root: &Path) -> Result<std::fs::File, StartError> {
+    let lock = root.join("LOCK");
+    let locked = std::fs::create_dir_all(root)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock)
+        })
+        .and_then(|file| match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(std::io::Error::other("locked by another process"))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        });
+    locked.map_err(|source| StartError::Locked {
+        path: root.to_owned(),
+        lock,
+        source,
+    })
+}
+
+fn buffer_options(config: &Config, name: &str, dir: &Path) -> BufferOptions {
+    let b = &config.buffer;
+    let mut options = BufferOptions::new(dir, name);
+    options.chunk_limit_size = b.chunk_limit_size.bytes();
+    options.chunk_limit_records = b.chunk_limit_records.unwrap_or(u64::MAX);
+    options.flush_interval = b.flush_interval;
+    options.total_limit_size = b.total_limit_size.bytes();
+    options.overflow_action = b.overflow_action;
+    options.fsync = b.fsync;
+    options.commit_interval = b.commit_interval;
+    options.max_frame_bytes = config.server.max_decompressed_bytes.bytes() + 64 * 1024;
+    options
+}
+
+fn build_router(config: &Config, names: &[String]) -> Router {
+    let routes = config
+        .routes
+        .iter()
+        .filter_map(|route| {
+            // validate() has checked every pattern and output name.
+            let pattern = Pattern::parse(&route.pattern).ok()?;
+            let outputs = route
+                .outputs
+                .iter()
+                .filter_map(|o| names.iter().position(|n| n == o))
+                .collect();
+            Some((pattern, outputs))
+        })
+        .collect();
+    Router::new(routes)
+}
+
+/// Applies a reloaded config: routes only; anything else needs a restart.
+fn reload(
+    running: &Config,
+    path: Option<&Path>,
+    names: &[String],
+    pipeline: &Pipeline,
+) -> Result<String, String> {
+    let Some(path) = path else {
+        return Err("running the embedded default config; there is no file to reload".into());
+    };
+    let new = Config::load(path).map_err(|e| e.to_string())?;
+    new.validate().map_err(|e| e.to_string())?;
+    let mut changed = Vec::new();
+    if new.server != running.server {
+        changed.push("[server]");
+    }
+    if new.admin != running.admin {
+        changed.push("[admin]");
+    }
+    if new.buffer != running.buffer {
+        changed.push("[buffer]");
+    }
+    if new.outputs != running.outputs {
+        changed.push("[outputs]");
+    }
+    if new.shutdown_timeout != running.shutdown_timeout {
+        changed.push("shutdown_timeout");
+    }
+    if !changed.is_empty() {
+        return Err(format!(
+            "{} changed; these take effect only on restart (nothing was applied)",
+            changed.join(", ")
+        ));
+    }
+    pipeline.set_router(build_router(&new, names));
+    Ok(format!(
+        "config reloaded from {}: {} routes",
+        path.display(),
+        new.routes.len()
+    ))
+}
+
+fn bind_err(what: &'static str, addr: &str, source: Option<std::io::Error>) -> StartError {
+    StartError::Bind {
+        what,
+        addr: addr.to_owned(),
+        source: source.unwrap_or_else(|| std::io::Error::other("invalid address")),
+    }
+}
+
+fn local(listener: &tokio::net::TcpListener) -> String {
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
+}

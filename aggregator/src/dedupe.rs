@@ -1,0 +1,233 @@
+//! Recently acknowledged chunk ids, so a re-sent chunk is acked again without being stored twice.
+//!
+//! A Forward client that times out waiting for an ack re-sends the same chunk with the same
+//! `chunk` id (Fluentd after `ack_response_timeout`, our forwarder after `ack_timeout`). If the
+//! first copy was committed and acked but the ack was lost, storing the copy again would be a
+//! duplicate. The aggregator therefore remembers every chunk id it acked for `dedupe_window` and
+//! answers a repeat with an ack alone.
+//!
+//! ## Invariants
+//! - An id is remembered only *after* its ack was written, so a remembered id always names data
+//!   that is durable: answering a repeat from memory never acks something that is not on disk.
+//! - The memory is an optimisation: losing it costs duplicates, never data. It lives in memory
+//!   (the hot path) and in `sled` (so a restart does not forget), and the sled copy is rebuilt
+//!   empty if it cannot be opened. No ack ever waits for sled.
+//! - Memory is bounded: at most [`MAX_ENTRIES`] ids, the oldest forgotten first.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+/// Most chunk ids remembered at once (about 100 bytes each in memory).
+pub const MAX_ENTRIES: usize = 200_000;
+
+/// sled's page cache: the index is small, and sled's default (1 GiB) is not.
+const SLED_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The set of recently acked chunk ids.
+#[derive(Debug)]
+pub struct AckedChunks {
+    window: Duration,
+    state: Mutex<State>,
+    db: Option<sled::Tree>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    ids: HashSet<Bytes>,
+    /// Insertion order with the time of the ack, for expiry.
+    order: VecDeque<(u64, Bytes)>,
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl AckedChunks {
+    /// An in-memory set only (tests, or `dedupe_window = "0s"` which disables it entirely).
+    pub fn in_memory(window: Duration) -> AckedChunks {
+        AckedChunks {
+            window,
+            state: Mutex::new(State::default()),
+            db: None,
+        }
+    }
+
+    /// Opens the set persisted under `dir` (a sled database), loading ids still inside the
+    /// window. If sled cannot open the directory (or panics on a damaged one), it is moved
+    /// aside and a fresh one is created; if even that fails, the set runs in memory only.
+    pub fn open(dir: &Path, window: Duration) -> AckedChunks {
+        let mut set = AckedChunks::in_memory(window);
+        if window.is_zero() {
+            return set;
+        }
+        let tree = match open_sled(dir) {
+            Ok(tree) => Some(tree),
+            Err(first) => {
+                let aside = dir.with_extension(format!("damaged-{}", now_millis()));
+                tracing::error!(
+                    error = %first, dir = %dir.display(), moved_to = %aside.display(),
+                    "cannot open the acked-chunk index; moving it aside and starting a new one"
+                );
+                let _ = std::fs::rename(dir, &aside);
+                match open_sled(dir) {
+                    Ok(tree) => Some(tree),
+                    Err(second) => {
+                        tracing::error!(error = %second, "running without a persistent acked-chunk index");
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(tree) = &tree {
+            let cutoff = now_millis().saturating_sub(window.as_millis() as u64);
+            let mut loaded: Vec<(u64, Bytes)> = tree
+                .iter()
+                .filter_map(Result::ok)
+                .filter_map(|(k, v)| {
+                    let at = u64::from_be_bytes(v.as_ref().try_into().ok()?);
+                    Some((at, Bytes::copy_from_slice(&k)))
+                })
+                .collect();
+            loaded.sort_unstable_by_key(|(at, _)| *at);
+            let state = set.state.get_mut().unwrap_or_else(|e| e.into_inner());
+            for (at, id) in loaded {
+                if at < cutoff {
+                    let _ = tree.remove(&id);
+                } else if state.ids.insert(id.clone()) {
+                    state.order.push_back((at, id));
+                }
+            }
+            tracing::info!(ids = state.ids.len(), "loaded recently acked chunk ids");
+        }
+        set.db = tree;
+        set
+    }
+
+    /// Whether `id` was acked within the window.
+    pub fn contains(&self, id: &[u8]) -> bool {
+        if self.window.is_zero() {
+            return false;
+        }
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.ids.contains(id)
+    }
+
+    /// Remembers that `id` was acked now. Call only after the ack was written.
+    pub fn insert(&self, id: Bytes) {
+        if self.window.is_zero() {
+            return;
+        }
+        let now = now_millis();
+        let cutoff = now.saturating_sub(self.window.as_millis() as u64);
+        let mut expired = Vec::new();
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !state.ids.insert(id.clone()) {
+                return;
+            }
+            state.order.push_back((now, id.clone()));
+            while let Some((at, _)) = state.order.front() {
+                if *at >= cutoff && state.order.len() <= MAX_ENTRIES {
+                    break;
+                }
+                if let Some((_, old)) = state.order.pop_front() {
+                    state.ids.remove(&old);
+                    expired.push(old);
+                }
+            }
+        }
+        if let Some(db) = &self.db {
+            // sled buffers these in memory and flushes in the background; no ack waits on it.
+            let _ = db.insert(&id, &now.to_be_bytes());
+            for old in expired {
+                let _ = db.remove(&old);
+            }
+        }
+    }
+
+    /// Flushes the persistent copy (on shutdown).
+    pub fn flush(&self) {
+        if let Some(db) = &self.db {
+            let _ = db.flush();
+        }
+    }
+
+    /// Ids currently remembered.
+    pub fn len(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .len()
+    }
+
+    /// Whether no id is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn open_sled(dir: &Path) -> Result<sled::Tree, String> {
+    let config = sled::Config::new()
+        .path(dir)
+        .cache_capacity(SLED_CACHE_BYTES)
+        .mode(sled::Mode::LowSpace);
+    // sled 0.34 has been seen to panic on a damaged directory instead of returning an error;
+    // a panic here must not crash-loop the pod. The config is consumed by the closure, so no
+    // state observed after a panic can be half-updated (AssertUnwindSafe is sound).
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
+    match opened {
+        Ok(Ok(db)) => db.open_tree("acked_chunks").map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("sled panicked while opening".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_within_window_and_forgets_after() {
+        let set = AckedChunks::in_memory(Duration::from_secs(60));
+        assert!(!set.contains(b"a"));
+        set.insert(Bytes::from_static(b"a"));
+        assert!(set.contains(b"a"));
+        let zero = AckedChunks::in_memory(Duration::ZERO);
+        zero.insert(Bytes::from_static(b"a"));
+        assert!(!zero.contains(b"a"));
+    }
+
+    #[test]
+    fn survives_a_restart_through_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index");
+        {
+            let set = AckedChunks::open(&path, Duration::from_secs(60));
+            set.insert(Bytes::from_static(b"chunk-1\n"));
+            set.flush();
+        }
+        let set = AckedChunks::open(&path, Duration::from_secs(60));
+        assert!(set.contains(b"chunk-1\n"));
+        assert!(!set.contains(b"chunk-2"));
+    }
+
+    #[test]
+    fn a_damaged_index_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index");
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("conf"), b"\xff\xfe garbage").unwrap();
+        std::fs::write(path.join("db"), vec![0xA5; 4096]).unwrap();
+        let set = AckedChunks::open(&path, Duration::from_secs(60));
+        set.insert(Bytes::from_static(b"x"));
+        assert!(set.contains(b"x"));
+    }
+}

@@ -1,0 +1,30 @@
+//! The logferry aggregator: a Fluentd Forward protocol server with a durable chunk buffer per
+//! output, fanning records out to Elasticsearch, Kafka, Cloud Logging or files.
+//!
+//! ```text
+//! server (accept; limits) -> connection (decode; dedupe chunk id) -> route (tag patterns)
+//!   -> buffer per output (append; group-commit fsync) -> ack {"ack": chunk}
+//!   -> output worker (sealed chunks; retry with backoff) -> sink -> chunk deleted
+//! ```
+//!
+//! The delivery contract is at-least-once: an ack leaves only after the records are fsync'd in
+//! every buffer they were routed to, and a chunk file is deleted only after its output
+//! delivered every record in it. Modules:
+//!
+//! - [`config`]: the TOML schema and its validation.
+//! - [`server`]: the Forward listener and per-connection handling.
+//! - [`route`]: Fluentd tag patterns.
+//! - [`payload`]: what a chunk frame holds.
+//! - [`dedupe`]: recently acked chunk ids.
+//! - [`outputs`]: the output workers and the outputs themselves.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/reload`.
+//! - [`app`]: start, reload and graceful shutdown.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod dedupe;
+pub mod outputs;
+pub mod payload;
+pub mod route;
+pub mod server;

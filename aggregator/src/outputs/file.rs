@@ -1,0 +1,326 @@
+//! `type = "file"`: records as JSON lines in local files, one file per tag and hour.
+//!
+//! ```text
+//! <path>/<tag>.<YYYYMMDDHH>.jsonl      (tag: [A-Za-z0-9._-] kept, anything else '_'; hour of the
+//!                                        record's time, UTC)
+//! {"time":"2021-01-01T00:00:00.123456789Z","tag":"app.web","record":{...}}\n
+//! ```
+//!
+//! ## Invariants
+//! - A chunk counts as delivered only after every file it wrote to was fsync'd, so deleting the
+//!   chunk afterwards can never lose a record.
+//! - No partial line stays in a file: a delivery that fails half-way truncates each file it
+//!   touched back to where it started, and a crash half-way leaves at most a torn last line,
+//!   which is cut off before the next start's first write (the chunk is then delivered again).
+//! - Records are transcoded from msgpack to JSON directly, without building a tree.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use logferry_common::chunk::ChunkContents;
+use logferry_common::forward::Entries;
+use logferry_common::msgpack::write_json;
+use logferry_common::telemetry;
+
+use super::{Delivered, OutputError};
+use crate::payload;
+
+/// Open files kept between deliveries; past this many, all are closed (tags are unbounded).
+const MAX_OPEN_FILES: usize = 256;
+
+/// The file output.
+#[derive(Debug)]
+pub struct FileOutput {
+    dir: PathBuf,
+    files: HashMap<FileKey, File>,
+    /// Whether [`FileOutput::prepare`] has run.
+    ready: bool,
+}
+
+/// One output file: a sanitised tag and an hour (hours since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileKey {
+    tag: String,
+    hour: u64,
+}
+
+impl FileKey {
+    fn file_name(&self) -> String {
+        let stamp = chrono::DateTime::from_timestamp((self.hour * 3600) as i64, 0)
+            .map(|t| t.format("%Y%m%d%H").to_string())
+            .unwrap_or_else(|| "0000000000".to_owned());
+        format!("{}.{stamp}.jsonl", self.tag)
+    }
+}
+
+/// Makes a tag safe as a file name: `[A-Za-z0-9._-]` kept, everything else `_`, no leading dot.
+pub fn sanitize_tag(tag: &str) -> String {
+    let mut out: String = tag
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with('.') {
+        out.insert(0, '_');
+    }
+    out
+}
+
+impl FileOutput {
+    /// A file output writing under `dir`. Nothing is touched until the first delivery, so an
+    /// output directory that is not there yet (a volume still mounting) does not stop the
+    /// aggregator from accepting and buffering records; deliveries retry until it is.
+    pub fn new(dir: &Path) -> FileOutput {
+        FileOutput {
+            dir: dir.to_owned(),
+            files: HashMap::new(),
+            ready: false,
+        }
+    }
+
+    /// Creates the directory and cuts torn last lines left by a crash; done once, before the
+    /// first write.
+    fn prepare(&mut self) -> Result<(), OutputError> {
+        if self.ready {
+            return Ok(());
+        }
+        let dir = &self.dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| OutputError::io(&format!("cannot create {}", dir.display()), e))?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| OutputError::io(&format!("cannot list {}", dir.display()), e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "jsonl") {
+                repair_torn_line(&path).map_err(|e| {
+                    OutputError::io(&format!("cannot repair {}", path.display()), e)
+                })?;
+            }
+        }
+        self.ready = true;
+        Ok(())
+    }
+
+    /// Writes every record of the chunk and fsyncs the files it touched.
+    pub fn deliver(&mut self, contents: &ChunkContents) -> Result<Delivered, OutputError> {
+        self.prepare()?;
+        // Lines are gathered per file first, so each file gets one write and one fsync per chunk.
+        let mut pending: HashMap<FileKey, Vec<u8>> = HashMap::new();
+        let mut records = 0u64;
+        let mut tag_json = Vec::new();
+        let mut run = Vec::new();
+        for frame in contents.frames() {
+            let payload = match payload::decode(frame.payload) {
+                Ok(p) => p,
+                Err(e) => {
+                    // The frame passed its CRC, so this is not disk damage but a foreign or
+                    // buggy writer; the frame is skipped and counted, never retried forever.
+                    tracing::error!(error = %e, "skipping an unreadable frame");
+                    telemetry::DROPPED_RECORDS
+                        .with_label_values(&["bad_payload"])
+                        .inc_by(u64::from(frame.records));
+                    continue;
+                }
+            };
+            let file_tag = sanitize_tag(payload.tag);
+            tag_json.clear();
+            json_string(payload.tag, &mut tag_json);
+            // Lines of consecutive records of the same hour gather in `run`; a frame's records
+            // nearly always share one hour, so the map is touched once per frame.
+            let mut run_hour = None;
+            for entry in Entries::new(payload.entries) {
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping the rest of an unreadable frame");
+                        telemetry::DROPPED_RECORDS
+                            .with_label_values(&["bad_payload"])
+                            .inc();
+                        break;
+                    }
+                };
+                let hour = u64::from(entry.time.secs) / 3600;
+                if run_hour != Some(hour) {
+                    if let Some(h) = run_hour {
+                        flush_run(&mut pending, &file_tag, h, &mut run);
+                    }
+                    run_hour = Some(hour);
+                }
+                let line_start = run.len();
+                run.extend_from_slice(b"{\"time\":\"");
+                entry.time.write_rfc3339(&mut run);
+                run.extend_from_slice(b"\",\"tag\":");
+                run.extend_from_slice(&tag_json);
+                run.extend_from_slice(b",\"record\":");
+                if let Err(e) = write_json(entry.record, &mut run) {
+                    run.truncate(line_start);
+                    tracing::error!(error = %e, "skipping a record that cannot be written as JSON");
+                    telemetry::DROPPED_RECORDS
+                        .with_label_values(&["bad_payload"])
+                        .inc();
+                } else {
+                    run.extend_from_slice(b"}\n");
+                    records += 1;
+                }
+            }
+            if let Some(h) = run_hour {
+                flush_run(&mut pending, &file_tag, h, &mut run);
+            }
+        }
+
+        let mut bytes = 0u64;
+        let mut written: Vec<(FileKey, u64)> = Vec::with_capacity(pending.len());
+        let result = (|| {
+            for (key, lines) in &pending {
+                let file = self.file(key)?;
+                let start = file
+                    .seek(SeekFrom::End(0))
+                    .map_err(|e| OutputError::io("cannot seek output file", e))?;
+                written.push((key.clone(), start));
+                file.write_all(lines)
+                    .map_err(|e| OutputError::io("cannot write output file", e))?;
+                bytes += lines.len() as u64;
+            }
+            // One fsync per touched file: the chunk is released only after these return.
+            for (key, _) in &written {
+                let file = self.file(key)?;
+                file.sync_data()
+                    .map_err(|e| OutputError::io("cannot fsync output file", e))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.roll_back(&written);
+            return Err(e);
+        }
+        if self.files.len() > MAX_OPEN_FILES {
+            self.files.clear();
+        }
+        Ok(Delivered { records, bytes })
+    }
+
+    fn file(&mut self, key: &FileKey) -> Result<&mut File, OutputError> {
+        if !self.files.contains_key(key) {
+            let path = self.dir.join(key.file_name());
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| OutputError::io(&format!("cannot open {}", path.display()), e))?;
+            self.files.insert(key.clone(), file);
+        }
+        // Inserted just above when missing.
+        Ok(self.files.get_mut(key).expect("file was just opened"))
+    }
+
+    /// Cuts every file written by a failed delivery back to its length before it, so a retry
+    /// never leaves a partial line in the middle of a file.
+    fn roll_back(&mut self, written: &[(FileKey, u64)]) {
+        for (key, start) in written {
+            if let Some(file) = self.files.remove(key) {
+                if let Err(e) = file.set_len(*start) {
+                    tracing::error!(file = %key.file_name(), error = %e, "cannot roll back a failed write; the file may hold a partial line");
+                }
+            }
+        }
+    }
+}
+
+/// Moves the lines gathered in `run` to the pending bytes of their file.
+fn flush_run(pending: &mut HashMap<FileKey, Vec<u8>>, tag: &str, hour: u64, run: &mut Vec<u8>) {
+    let key = FileKey {
+        tag: tag.to_owned(),
+        hour,
+    };
+    match pending.get_mut(&key) {
+        Some(buf) => {
+            buf.extend_from_slice(run);
+            run.clear();
+        }
+        None => {
+            pending.insert(key, std::mem::take(run));
+        }
+    }
+}
+
+/// Writes `s` as a JSON string.
+fn json_string(s: &str, out: &mut Vec<u8>) {
+    // serde_json's escaping is the reference; writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Truncates a file after its last newline, removing a line torn by a crash.
+fn repair_torn_line(path: &Path) -> std::io::Result<()> {
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    // Scan backwards in blocks for the last newline.
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(block.len() as u64);
+        let n = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut block[..n])?;
+        if let Some(i) = block[..n].iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    tracing::warn!(file = %path.display(), cut_bytes = len - keep, "cutting a torn last line left by a crash");
+    file.set_len(keep)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_sanitized() {
+        assert_eq!(sanitize_tag("app.web"), "app.web");
+        assert_eq!(sanitize_tag("a/b c"), "a_b_c");
+        assert_eq!(sanitize_tag(".hidden"), "_.hidden");
+        assert_eq!(sanitize_tag(""), "_");
+        assert_eq!(sanitize_tag("../../etc"), "_.._.._etc");
+    }
+
+    #[test]
+    fn file_names_carry_the_hour() {
+        let key = FileKey {
+            tag: "t".into(),
+            hour: 1_609_459_200 / 3600,
+        };
+        assert_eq!(key.file_name(), "t.2021010100.jsonl");
+    }
+
+    #[test]
+    fn torn_lines_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jsonl");
+        std::fs::write(&path, b"{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
+        FileOutput::new(dir.path()).prepare().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n{\"a\":2}\n");
+        std::fs::write(&path, b"no newline at all").unwrap();
+        FileOutput::new(dir.path()).prepare().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+    }
+}
