@@ -1,0 +1,875 @@
+//! `forward`: a Forward-protocol load generator.
+//!
+//! Each connection claims batches of sequence numbers from one shared counter (so `seq` is unique
+//! across the run), fills a pre-encoded batch template (only the seq and time bytes change), wraps it
+//! in one PackedForward request (`size`, and `chunk` with `--ack`), and keeps up to `--window`
+//! unacknowledged requests in flight. Acks are matched by chunk id; an unknown ack is a protocol
+//! error. With `--retry-for`, a broken connection is re-established and every unacknowledged request
+//! is written again with the same chunk id (at-least-once), until acked or the time runs out.
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+use bytes::BytesMut;
+use clap::Args;
+use flate2::write::GzEncoder;
+use logferry_common::forward::{
+    ack::chunk_id_bytes, decode_ack, encode_compressed_packed_forward, encode_packed_forward,
+    EventTime,
+};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::record::{BatchTemplate, RecordShape};
+use crate::stats::{human, progress_line, Counters, Latencies, LatencySummary, Pacer};
+
+#[derive(Debug, Clone, Args)]
+pub struct ForwardArgs {
+    /// Forward server to send to, HOST:PORT.
+    #[arg(long)]
+    pub target: String,
+    /// How many records to send in total.
+    #[arg(long)]
+    pub records: u64,
+    /// Steady rate in records per second, over all connections (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Records per PackedForward request.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+    /// Parallel TCP connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
+    /// Length of each record's `log` field in bytes.
+    #[arg(long, default_value_t = 200)]
+    pub record_bytes: usize,
+    /// Ask for acknowledgements (a `chunk` id per request) and wait for them.
+    #[arg(long)]
+    pub ack: bool,
+    /// Send CompressedPackedForward (gzip) instead of PackedForward.
+    #[arg(long)]
+    pub gzip: bool,
+    /// Run id carried by every record (default: random).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Tag of every request (default: `loadtest.<run-id>`).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Unacknowledged requests allowed per connection (with `--ack`).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub window: u32,
+    /// Keep reconnecting and re-sending unacknowledged requests (same chunk id) for this long
+    /// after a connection error; `0` fails on the first error.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub retry_for: Duration,
+    /// A request not acknowledged within this time counts as a connection error.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub ack_timeout: Duration,
+    /// Timeout of one TCP connect attempt.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No per-second progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `"0"` or a humantime duration (`"500ms"`, `"30s"`, `"2m"`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// The final report of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub ok: bool,
+    pub run_id: String,
+    pub tag: String,
+    pub target: String,
+    /// Records requested.
+    pub records: u64,
+    /// Records completely written to a socket at least once.
+    pub sent: u64,
+    /// Records acknowledged (null without `--ack`).
+    pub acked: Option<u64>,
+    /// Bytes written, re-sends included.
+    pub bytes: u64,
+    pub seconds: f64,
+    pub records_per_sec: f64,
+    pub mb_per_sec: f64,
+    /// Ack latency per request, from its last byte written to its ack read.
+    pub ack_latency_ms: Option<LatencySummary>,
+    pub resends: u64,
+    pub reconnects: u64,
+    pub connections: u32,
+    pub batch: u32,
+    pub gzip: bool,
+    pub ack: bool,
+    pub errors: Vec<String>,
+}
+
+impl Summary {
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "run {} tag {} -> {}: {} records requested, {} sent{}, {} bytes in {:.2}s: {} records/s, {:.1} MB/s",
+            self.run_id,
+            self.tag,
+            self.target,
+            self.records,
+            self.sent,
+            self.acked.map(|a| format!(", {a} acked")).unwrap_or_default(),
+            self.bytes,
+            self.seconds,
+            human(self.records_per_sec),
+            self.mb_per_sec,
+        );
+        if let Some(l) = &self.ack_latency_ms {
+            s += &format!(
+                "\nack latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                l.p50_ms, l.p99_ms, l.max_ms
+            );
+        }
+        s += &format!("\nresends {}, reconnects {}", self.resends, self.reconnects);
+        for e in &self.errors {
+            s += &format!("\nerror: {e}");
+        }
+        s += if self.ok { "\nOK" } else { "\nFAILED" };
+        s
+    }
+}
+
+/// Runs the generator; returns the summary (its `ok` decides the exit code).
+pub fn run(args: ForwardArgs) -> anyhow::Result<Summary> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(args.connections as usize)
+        .max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(run_async(args))
+}
+
+pub fn random_run_id() -> String {
+    let b: [u8; 6] = rand::random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+struct Shared {
+    target: String,
+    tag: String,
+    ack: bool,
+    gzip: bool,
+    window: usize,
+    batch: u64,
+    total: u64,
+    retry_for: Duration,
+    ack_timeout: Duration,
+    connect_timeout: Duration,
+    shape: RecordShape,
+    next_seq: AtomicU64,
+    pacer: Option<Pacer>,
+    abort: AtomicBool,
+    counters: Counters,
+}
+
+impl Shared {
+    /// Claims the next batch of sequence numbers: `(first, count)`.
+    fn claim(&self) -> Option<(u64, u64)> {
+        if self.abort.load(Relaxed) {
+            return None;
+        }
+        let first = self.next_seq.fetch_add(self.batch, Relaxed);
+        (first < self.total).then(|| (first, self.batch.min(self.total - first)))
+    }
+}
+
+async fn run_async(args: ForwardArgs) -> anyhow::Result<Summary> {
+    let run_id = args.run_id.clone().unwrap_or_else(random_run_id);
+    let tag = args
+        .tag
+        .clone()
+        .unwrap_or_else(|| format!("loadtest.{run_id}"));
+    if let Some(r) = args.rate {
+        anyhow::ensure!(r > 0.0 && r.is_finite(), "--rate must be positive");
+    }
+    let shared = Arc::new(Shared {
+        target: args.target.clone(),
+        tag: tag.clone(),
+        ack: args.ack,
+        gzip: args.gzip,
+        window: args.window as usize,
+        batch: u64::from(args.batch),
+        total: args.records,
+        retry_for: args.retry_for,
+        ack_timeout: args.ack_timeout,
+        connect_timeout: args.connect_timeout,
+        shape: RecordShape {
+            run_id: run_id.clone(),
+            log_bytes: args.record_bytes,
+            connection: 0,
+        },
+        next_seq: AtomicU64::new(0),
+        pacer: args.rate.map(Pacer::new),
+        abort: AtomicBool::new(false),
+        counters: Counters::default(),
+    });
+
+    let start = Instant::now();
+    let progress = (!args.quiet).then(|| {
+        let sh = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            let mut prev = sh.counters.snapshot();
+            let mut prev_t = Instant::now();
+            loop {
+                tick.tick().await;
+                let now = sh.counters.snapshot();
+                let t = Instant::now();
+                eprintln!(
+                    "{}",
+                    progress_line(start.elapsed(), &prev, &now, t - prev_t)
+                );
+                prev = now;
+                prev_t = t;
+            }
+        })
+    });
+
+    let tasks: Vec<_> = (0..args.connections as usize)
+        .map(|id| tokio::spawn(connection(id, shared.clone())))
+        .collect();
+    let mut latencies = Latencies::default();
+    let mut errors = Vec::new();
+    for (id, t) in tasks.into_iter().enumerate() {
+        match t.await {
+            Ok(out) => {
+                latencies.merge(out.latencies);
+                if let Some(e) = out.error {
+                    errors.push(format!("connection {id}: {e:#}"));
+                }
+            }
+            Err(e) => errors.push(format!("connection {id}: task failed: {e}")),
+        }
+    }
+    let elapsed = start.elapsed();
+    if let Some(p) = progress {
+        p.abort();
+    }
+
+    let c = shared.counters.snapshot();
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let done = if args.ack {
+        c.acked_records
+    } else {
+        c.sent_records
+    };
+    if done < args.records && errors.is_empty() {
+        errors.push(format!(
+            "only {done} of {} records were {}",
+            args.records,
+            if args.ack { "acknowledged" } else { "sent" }
+        ));
+    }
+    Ok(Summary {
+        ok: errors.is_empty() && done == args.records,
+        run_id,
+        tag,
+        target: args.target,
+        records: args.records,
+        sent: c.sent_records,
+        acked: args.ack.then_some(c.acked_records),
+        bytes: c.bytes,
+        seconds: secs,
+        records_per_sec: done as f64 / secs,
+        mb_per_sec: c.bytes as f64 / secs / 1e6,
+        ack_latency_ms: latencies.summary(),
+        resends: c.resends,
+        reconnects: shared.counters.reconnects.load(Relaxed),
+        connections: args.connections,
+        batch: args.batch,
+        gzip: args.gzip,
+        ack: args.ack,
+        errors,
+    })
+}
+
+/// 32 lowercase hex characters of 16 random bytes (Fluent Bit's shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChunkId([u8; 32]);
+
+impl ChunkId {
+    fn random() -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let raw: [u8; 16] = rand::random();
+        let mut out = [0u8; 32];
+        for (i, b) in raw.iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+        Self(out)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex is ASCII")
+    }
+}
+
+/// A request written (or to be written) and not yet acknowledged.
+#[derive(Debug)]
+struct InFlight {
+    first_seq: u64,
+    records: u64,
+    chunk: ChunkId,
+    frame: Arc<Vec<u8>>,
+    /// Must be (re)written on the current connection.
+    needs_send: bool,
+    /// When its last byte was written on the current connection.
+    sent_at: Option<Instant>,
+    written_once: bool,
+}
+
+/// The request being written now.
+#[derive(Debug)]
+struct Current {
+    first_seq: u64,
+    records: u64,
+    frame: Arc<Vec<u8>>,
+    pos: usize,
+}
+
+#[derive(Debug)]
+enum ConnError {
+    /// Broken connection, timeout: retried with `--retry-for`.
+    Retryable(anyhow::Error),
+    /// The server broke the protocol (unknown ack, undecodable reply): never retried.
+    Fatal(anyhow::Error),
+}
+
+#[derive(Debug)]
+struct Outcome {
+    latencies: Latencies,
+    error: Option<anyhow::Error>,
+}
+
+/// Per-connection state; survives reconnects.
+#[derive(Debug)]
+struct Conn {
+    id: usize,
+    template: BatchTemplate,
+    inflight: VecDeque<InFlight>,
+    current: Option<Current>,
+    /// A claimed batch waiting for the pacer: `(first_seq, count, send_at)`.
+    pending: Option<(u64, u64, Instant)>,
+    pool: Vec<Vec<u8>>,
+    gzbuf: Vec<u8>,
+    ackbuf: BytesMut,
+    latencies: Latencies,
+    /// Start of the current run of connection errors (reset by an ack).
+    outage_since: Option<Instant>,
+    attempt: u32,
+}
+
+async fn connection(id: usize, sh: Arc<Shared>) -> Outcome {
+    let shape = RecordShape {
+        connection: id,
+        ..sh.shape.clone()
+    };
+    let capacity = sh.batch.min(sh.total).max(1) as usize;
+    let template = BatchTemplate::new(&shape, capacity, &mut rand::rng());
+    let mut conn = Conn {
+        id,
+        template,
+        inflight: VecDeque::new(),
+        current: None,
+        pending: None,
+        pool: Vec::new(),
+        gzbuf: Vec::new(),
+        ackbuf: BytesMut::with_capacity(4096),
+        latencies: Latencies::default(),
+        outage_since: None,
+        attempt: 0,
+    };
+    let error = loop {
+        let result =
+            match tokio::time::timeout(sh.connect_timeout, TcpStream::connect(&sh.target)).await {
+                Err(_) => Err(ConnError::Retryable(anyhow!(
+                    "connect to {} timed out after {:?}",
+                    sh.target,
+                    sh.connect_timeout
+                ))),
+                Ok(Err(e)) => Err(ConnError::Retryable(
+                    anyhow::Error::new(e).context(format!("connect to {}", sh.target)),
+                )),
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    conn.drive(stream, &sh).await
+                }
+            };
+        match result {
+            Ok(()) => break None,
+            Err(ConnError::Fatal(e)) => break Some(e),
+            Err(ConnError::Retryable(e)) => {
+                if sh.retry_for.is_zero() {
+                    break Some(e);
+                }
+                let since = *conn.outage_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= sh.retry_for {
+                    break Some(
+                        e.context(format!("giving up after retrying for {:?}", sh.retry_for)),
+                    );
+                }
+                sh.counters.reconnects.fetch_add(1, Relaxed);
+                let backoff = Duration::from_millis(50 << conn.attempt.min(4));
+                conn.attempt += 1;
+                eprintln!(
+                    "connection {id}: {e:#}; reconnecting in {backoff:?} ({} unacknowledged requests will be re-sent)",
+                    conn.inflight.len()
+                );
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    };
+    if error.is_some() {
+        // Let the other connections stop taking new work; they still finish their window.
+        sh.abort.store(true, Relaxed);
+        sh.counters
+            .unacked_batches
+            .fetch_sub(conn.inflight.len() as u64, Relaxed);
+    }
+    Outcome {
+        latencies: conn.latencies,
+        error,
+    }
+}
+
+/// Writes into `frame` (cleared first) one PackedForward request holding records
+/// `first..first+n`, or a CompressedPackedForward one when `gzbuf` (a reusable scratch buffer) is
+/// given.
+#[allow(clippy::too_many_arguments)]
+fn encode_request(
+    template: &mut BatchTemplate,
+    tag: &str,
+    first: u64,
+    n: u64,
+    time: EventTime,
+    chunk: Option<&str>,
+    gzbuf: Option<&mut Vec<u8>>,
+    frame: &mut Vec<u8>,
+) {
+    frame.clear();
+    let entries = template.fill(first, n as usize, time);
+    let records = u32::try_from(n).expect("batch fits u32");
+    match gzbuf {
+        Some(gzbuf) => {
+            let mut enc = GzEncoder::new(std::mem::take(gzbuf), flate2::Compression::fast());
+            enc.write_all(entries).expect("gzip into a Vec");
+            let gz = enc.finish().expect("gzip into a Vec");
+            encode_compressed_packed_forward(tag, &gz, records, chunk, frame);
+            *gzbuf = gz;
+            gzbuf.clear();
+        }
+        None => encode_packed_forward(tag, entries, records, chunk, frame),
+    }
+}
+
+fn retryable(e: impl Into<anyhow::Error>) -> ConnError {
+    ConnError::Retryable(e.into())
+}
+
+impl Conn {
+    /// Sends and receives on one connection until the run is done or the connection fails.
+    async fn drive(&mut self, mut stream: TcpStream, sh: &Shared) -> Result<(), ConnError> {
+        // Everything unacknowledged goes out again, in order, with its chunk id.
+        for f in &mut self.inflight {
+            f.needs_send = true;
+            f.sent_at = None;
+        }
+        self.current = None;
+        self.ackbuf.clear();
+        let (mut rd, mut wr) = stream.split();
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            self.next_write(sh);
+            if self.current.is_none()
+                && self.inflight.is_empty()
+                && self.pending.is_none()
+                && (sh.abort.load(Relaxed) || sh.next_seq.load(Relaxed) >= sh.total)
+            {
+                let _ = wr.shutdown().await;
+                return Ok(());
+            }
+            let to_write: &[u8] = self
+                .current
+                .as_ref()
+                .map(|c| &c.frame[c.pos..])
+                .unwrap_or(&[]);
+            let pace_at = self
+                .pending
+                .map(|(_, _, at)| tokio::time::Instant::from_std(at));
+            let ack_deadline = self
+                .inflight
+                .iter()
+                .filter_map(|f| f.sent_at)
+                .min()
+                .map(|t| tokio::time::Instant::from_std(t + sh.ack_timeout));
+            tokio::select! {
+                r = rd.read_buf(&mut self.ackbuf), if sh.ack => {
+                    let n = r.map_err(|e| retryable(anyhow::Error::new(e).context("reading acks")))?;
+                    if n == 0 {
+                        return Err(retryable(anyhow!(
+                            "server closed the connection with {} unacknowledged requests",
+                            self.inflight.len()
+                        )));
+                    }
+                    self.process_acks(sh)?;
+                }
+                r = wr.write(to_write), if !to_write.is_empty() => {
+                    let n = r.map_err(|e| retryable(anyhow::Error::new(e).context("writing a request")))?;
+                    if n == 0 {
+                        return Err(retryable(anyhow!("connection closed while writing")));
+                    }
+                    sh.counters.bytes.fetch_add(n as u64, Relaxed);
+                    self.advance_write(n, sh);
+                }
+                _ = tokio::time::sleep_until(pace_at.unwrap_or(far)), if pace_at.is_some() => {}
+                _ = tokio::time::sleep_until(ack_deadline.unwrap_or(far)), if ack_deadline.is_some() => {
+                    return Err(retryable(anyhow!(
+                        "no ack within {:?} ({} unacknowledged requests)",
+                        sh.ack_timeout,
+                        self.inflight.len()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Picks what to write next: a re-send first, then a new batch if the window and the pacer
+    /// allow it.
+    fn next_write(&mut self, sh: &Shared) {
+        if self.current.is_some() {
+            return;
+        }
+        if let Some(f) = self.inflight.iter_mut().find(|f| f.needs_send) {
+            f.needs_send = false;
+            if f.written_once {
+                sh.counters.resends.fetch_add(1, Relaxed);
+            }
+            self.current = Some(Current {
+                first_seq: f.first_seq,
+                records: f.records,
+                frame: f.frame.clone(),
+                pos: 0,
+            });
+            return;
+        }
+        if sh.ack && self.inflight.len() >= sh.window {
+            return;
+        }
+        if self.pending.is_none() {
+            if let Some((first, n)) = sh.claim() {
+                let at = sh
+                    .pacer
+                    .as_ref()
+                    .map_or_else(Instant::now, |p| p.reserve(n));
+                self.pending = Some((first, n, at));
+            }
+        }
+        match self.pending {
+            Some((first, n, at)) if at <= Instant::now() => {
+                self.pending = None;
+                self.build(sh, first, n);
+            }
+            _ => {}
+        }
+    }
+
+    /// Encodes the request for seqs `first..first+n` and makes it current.
+    fn build(&mut self, sh: &Shared, first: u64, n: u64) {
+        let mut frame = self.pool.pop().unwrap_or_default();
+        let chunk = sh.ack.then(ChunkId::random);
+        encode_request(
+            &mut self.template,
+            &sh.tag,
+            first,
+            n,
+            EventTime::now(),
+            chunk.as_ref().map(ChunkId::as_str),
+            sh.gzip.then_some(&mut self.gzbuf),
+            &mut frame,
+        );
+        let frame = Arc::new(frame);
+        if let Some(chunk) = chunk {
+            self.inflight.push_back(InFlight {
+                first_seq: first,
+                records: n,
+                chunk,
+                frame: frame.clone(),
+                needs_send: false,
+                sent_at: None,
+                written_once: false,
+            });
+            sh.counters.unacked_batches.fetch_add(1, Relaxed);
+        }
+        self.current = Some(Current {
+            first_seq: first,
+            records: n,
+            frame,
+            pos: 0,
+        });
+    }
+
+    fn advance_write(&mut self, n: usize, sh: &Shared) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        cur.pos += n;
+        if cur.pos < cur.frame.len() {
+            return;
+        }
+        let cur = self.current.take().expect("current request");
+        if !sh.ack {
+            sh.counters.sent_records.fetch_add(cur.records, Relaxed);
+            self.outage_since = None;
+            self.attempt = 0;
+            self.recycle(cur.frame);
+            return;
+        }
+        // Acked already (only possible if the server acks early): nothing to update.
+        if let Some(f) = self
+            .inflight
+            .iter_mut()
+            .find(|f| f.first_seq == cur.first_seq)
+        {
+            f.sent_at = Some(Instant::now());
+            if !f.written_once {
+                f.written_once = true;
+                sh.counters.sent_records.fetch_add(cur.records, Relaxed);
+            }
+        }
+    }
+
+    fn process_acks(&mut self, sh: &Shared) -> Result<(), ConnError> {
+        loop {
+            let raw = match decode_ack(&mut self.ackbuf) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    return Err(ConnError::Fatal(anyhow!(
+                        "connection {}: undecodable reply from the server: {e}",
+                        self.id
+                    )))
+                }
+            };
+            let Some(id) = chunk_id_bytes(&raw) else {
+                return Err(ConnError::Fatal(anyhow!(
+                    "ack value is not a string: {:02x?}",
+                    &raw[..]
+                )));
+            };
+            let Some(idx) = self.inflight.iter().position(|f| f.chunk.0 == id) else {
+                let waiting: Vec<&str> = self.inflight.iter().map(|f| f.chunk.as_str()).collect();
+                return Err(ConnError::Fatal(anyhow!(
+                    "unexpected ack {:?}; waiting for {:?}",
+                    String::from_utf8_lossy(id),
+                    waiting
+                )));
+            };
+            let f = self.inflight.remove(idx).expect("index from position");
+            if let Some(t) = f.sent_at {
+                self.latencies.record(t.elapsed());
+            }
+            if !f.written_once {
+                // Acked before we saw our own write complete: count it as sent now.
+                sh.counters.sent_records.fetch_add(f.records, Relaxed);
+            }
+            sh.counters.acked_records.fetch_add(f.records, Relaxed);
+            sh.counters.unacked_batches.fetch_sub(1, Relaxed);
+            self.outage_since = None;
+            self.attempt = 0;
+            self.recycle(f.frame);
+        }
+    }
+
+    fn recycle(&mut self, frame: Arc<Vec<u8>>) {
+        if let Ok(v) = Arc::try_unwrap(frame) {
+            if self.pool.len() < 8 {
+                self.pool.push(v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn chunk_ids_are_hex_and_distinct() {
+        let a = ChunkId::random();
+        let b = ChunkId::random();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    /// Decodes `frame` with the project's own Decoder and checks every record.
+    fn check_frame(frame: &[u8], tag: &str, first: u64, n: u64, chunk: Option<&str>) {
+        use logferry_common::forward::{Decoder, Entries, Request};
+        let mut buf = BytesMut::from(frame);
+        let req = Decoder::default()
+            .decode(&mut buf)
+            .expect("valid request")
+            .expect("complete request");
+        assert!(buf.is_empty(), "exactly one request");
+        let Request::Events(batch) = req else {
+            panic!("not events: {req:?}");
+        };
+        assert_eq!(batch.tag, tag);
+        assert_eq!(u64::from(batch.records), n);
+        assert_eq!(batch.skipped, 0);
+        assert_eq!(batch.wire_bytes, frame.len());
+        let got_chunk = batch
+            .chunk
+            .as_ref()
+            .map(|c| chunk_id_bytes(c).unwrap().to_vec());
+        assert_eq!(got_chunk.as_deref(), chunk.map(str::as_bytes));
+        let mut count = 0;
+        for (i, e) in Entries::new(&batch.entries).enumerate() {
+            let e = e.expect("valid entry");
+            assert_eq!(
+                e.time,
+                EventTime {
+                    secs: 1_609_459_200,
+                    nanos: 123_456_789
+                }
+            );
+            let rec = rmpv::decode::read_value(&mut &e.record[..]).unwrap();
+            let get = |k: &str| {
+                rec.as_map()
+                    .unwrap()
+                    .iter()
+                    .find(|(key, _)| key.as_str() == Some(k))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| panic!("no {k} in {rec}"))
+            };
+            assert_eq!(get("seq").as_u64(), Some(first + i as u64));
+            assert_eq!(get("run_id").as_str(), Some("run-7"));
+            assert_eq!(get("stream").as_str(), Some("stdout"));
+            assert_eq!(get("log").as_str().unwrap().len(), 50);
+            let k8s = get("kubernetes");
+            assert_eq!(k8s.as_map().unwrap().len(), 4);
+            count += 1;
+        }
+        assert_eq!(count, n);
+    }
+
+    #[test]
+    fn generated_requests_decode_with_the_project_decoder() {
+        let shape = RecordShape {
+            run_id: "run-7".into(),
+            log_bytes: 50,
+            connection: 3,
+        };
+        let mut template = BatchTemplate::new(&shape, 100, &mut rand::rng());
+        let time = EventTime {
+            secs: 1_609_459_200,
+            nanos: 123_456_789,
+        };
+        let mut frame = Vec::new();
+        let mut gzbuf = Vec::new();
+        let chunk = ChunkId::random();
+        // Full batch, acked.
+        encode_request(
+            &mut template,
+            "loadtest.run-7",
+            0,
+            100,
+            time,
+            Some(chunk.as_str()),
+            None,
+            &mut frame,
+        );
+        check_frame(&frame, "loadtest.run-7", 0, 100, Some(chunk.as_str()));
+        // A short last batch, no ack; the buffer is reused.
+        encode_request(
+            &mut template,
+            "t",
+            1_000_000,
+            7,
+            time,
+            None,
+            None,
+            &mut frame,
+        );
+        check_frame(&frame, "t", 1_000_000, 7, None);
+        // gzip, twice through the same scratch buffer.
+        for first in [200, 300] {
+            encode_request(
+                &mut template,
+                "gz",
+                first,
+                100,
+                time,
+                Some(chunk.as_str()),
+                Some(&mut gzbuf),
+                &mut frame,
+            );
+            check_frame(&frame, "gz", first, 100, Some(chunk.as_str()));
+        }
+    }
+
+    #[test]
+    fn claims_cover_every_seq_once() {
+        let sh = Shared {
+            target: String::new(),
+            tag: "t".into(),
+            ack: false,
+            gzip: false,
+            window: 1,
+            batch: 7,
+            total: 20,
+            retry_for: Duration::ZERO,
+            ack_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            shape: RecordShape {
+                run_id: "r".into(),
+                log_bytes: 1,
+                connection: 0,
+            },
+            next_seq: AtomicU64::new(0),
+            pacer: None,
+            abort: AtomicBool::new(false),
+            counters: Counters::default(),
+        };
+        let mut claims = Vec::new();
+        while let Some(c) = sh.claim() {
+            claims.push(c);
+        }
+        assert_eq!(claims, vec![(0, 7), (7, 7), (14, 6)]);
+    }
+}
