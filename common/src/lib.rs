@@ -8,6 +8,7 @@
 //! - [`config`]: sizes (`"8MiB"`), durations (`"5s"`) and `${ENV}` substitution for TOML configs.
 //! - [`telemetry`]: the process-wide Prometheus registry, the metrics named in the interface
 //!   contract, and `tracing` set-up.
+//! - [`tls`]: rustls server and client configs from PEM files, with certificate reload.
 //!
 //! ## Delivery contract
 //! At-least-once, end to end: a record acknowledged to a sender is fsync'd on the receiver
@@ -19,3 +20,4 @@ pub mod config;
 pub mod forward;
 pub mod msgpack;
 pub mod telemetry;
+pub mod tls;

@@ -146,6 +146,16 @@ metric!(
     FORWARD_ACKS: IntCounter = counter("logferry_forward_acks_total", "Acks sent to senders")
 );
 metric!(
+    /// Forward connections the server refused or closed to protect itself, by reason: limits
+    /// (`max_connections`, `max_connections_per_source`), TLS (`tls_handshake`,
+    /// `client_certificate`), the handshake (`source_not_allowed`, `handshake_timeout`, and the
+    /// `AuthFailure` codes such as `shared_key_mismatch`), and slow or silent peers
+    /// (`read_timeout`, `slow_client`, `write_timeout`, `idle_timeout`).
+    FORWARD_CLOSED_CONNECTIONS: IntCounterVec = counter_vec(
+        "logferry_forward_closed_connections_total",
+        "Forward connections refused or closed by the server, by reason", &["reason"])
+);
+metric!(
     /// Files being tailed (forwarder).
     TAIL_FILES: IntGauge = gauge("logferry_tail_files", "Files being tailed")
 );
@@ -171,6 +181,18 @@ metric!(
         "logferry_buffer_corruption_total", "Damage found in chunk files", &["buffer", "action"])
 );
 
+metric!(
+    /// Seconds an output has been failing (0 while it delivers).
+    OUTPUT_FAILING_SECONDS: IntGaugeVec = gauge_vec(
+        "logferry_output_failing_seconds", "Seconds an output has been failing, 0 when healthy", &["output"])
+);
+metric!(
+    /// 0 while an output has been failing longer than its `unready_after` (and `/readyz`
+    /// answers 503), 1 otherwise.
+    OUTPUT_READY: IntGaugeVec = gauge_vec(
+        "logferry_output_ready", "0 while an output has failed longer than unready_after", &["output"])
+);
+
 /// Forces every metric into the registry, so `/metrics` lists them all from the start (a
 /// dashboard should see a zero, not a missing series).
 pub fn register_all() {
@@ -191,10 +213,13 @@ pub fn register_all() {
     LazyLock::force(&FORWARD_AUTH_FAILURES);
     LazyLock::force(&FORWARD_DECODE_ERRORS);
     LazyLock::force(&FORWARD_ACKS);
+    LazyLock::force(&FORWARD_CLOSED_CONNECTIONS);
     LazyLock::force(&TAIL_FILES);
     LazyLock::force(&TAIL_UNREAD_BYTES);
     LazyLock::force(&BUFFER_COMMIT_DURATION);
     LazyLock::force(&BUFFER_CORRUPTION);
+    LazyLock::force(&OUTPUT_FAILING_SECONDS);
+    LazyLock::force(&OUTPUT_READY);
 }
 
 /// Renders every registered metric in the Prometheus text format.

@@ -2,8 +2,9 @@
 //!
 //! Forward is what Fluentd, Fluent Bit and Vector speak between collectors, so it is what our
 //! forwarder sends and our aggregator accepts. Everything here is pure (bytes in, values out),
-//! so it can be property-tested and fuzzed on its own; sockets, TLS, timeouts and policy live
-//! in the binaries.
+//! so it can be property-tested and fuzzed on its own, with one exception: the async helper of
+//! [`client_session`], which drives the client handshake over any stream so the forwarder and
+//! the load generator share it. Sockets, TLS and timeouts otherwise live in the binaries.
 //!
 //! | module | holds |
 //! | --- | --- |
@@ -13,6 +14,8 @@
 //! | [`encode`] | what our senders write: entries, (Compressed)PackedForward, gzip |
 //! | [`ack`] | `{"ack": chunk}` both ways |
 //! | [`handshake`] | HELO / PING / PONG and their SHA-512 digests |
+//! | [`session`] | the server's handshake: source ACL, PING checks, PONG (pure state machine) |
+//! | [`client_session`] | the client's handshake: a state machine and an async helper over any stream |
 //!
 //! ## Wire format
 //!
@@ -50,11 +53,13 @@
 //! a Forward request at all is a [`DecodeError`], and the connection is closed.
 
 pub mod ack;
+pub mod client_session;
 pub mod codec;
 pub mod encode;
 pub mod entries;
 pub mod event_time;
 pub mod handshake;
+pub mod session;
 
 pub use ack::{decode_ack, encode_ack};
 pub use codec::{DecodeError, Decoder, EventBatch, Limits, Request};
