@@ -2,8 +2,9 @@
 //!
 //! `/healthz` answers 200 while the process runs (liveness must not flap with load).
 //! `/readyz` answers 200 only while the aggregator accepts and stores records: 503 while it
-//! starts, while it drains for shutdown, and while any output's buffer is over its limit, so a
-//! Kubernetes Service stops sending new connections to a full or leaving pod.
+//! starts, while it drains for shutdown, while any output's buffer is over its limit, and while
+//! an output has been failing longer than its `unready_after`, so a Kubernetes Service stops
+//! sending new connections to a full, stuck or leaving pod.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use logferry_common::telemetry;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+use crate::outputs::OutputHealth;
 
 /// Lifecycle phase, for `/readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,7 @@ pub enum Phase {
 pub struct Status {
     phase: AtomicU8,
     buffers: Vec<Buffer>,
+    outputs: Vec<Arc<OutputHealth>>,
 }
 
 impl Status {
@@ -43,7 +47,14 @@ impl Status {
         Status {
             phase: AtomicU8::new(Phase::Starting as u8),
             buffers,
+            outputs: Vec::new(),
         }
+    }
+
+    /// Also unready while an output has been failing longer than its `unready_after`.
+    pub fn with_outputs(mut self, outputs: Vec<Arc<OutputHealth>>) -> Status {
+        self.outputs = outputs;
+        self
     }
 
     /// Moves to another phase.
@@ -65,6 +76,9 @@ impl Status {
                     buffer.name()
                 ));
             }
+        }
+        for output in &self.outputs {
+            output.readiness()?;
         }
         Ok(())
     }
@@ -97,7 +111,12 @@ pub async fn serve(
         .await
 }
 
-async fn metrics() -> impl IntoResponse {
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    // Output health gauges change with time (failing for N seconds), not only with delivery
+    // attempts: bring them up to date so a scrape agrees with `/readyz`.
+    for output in &state.status.outputs {
+        output.publish();
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -15,15 +15,19 @@
 //!
 //! ## Reload (SIGHUP, `POST /reload`)
 //! The file is parsed and validated first; an invalid config is rejected and the running one
-//! stays. Routes are swapped live. Changes to listeners, buffers or outputs need a restart and
-//! are rejected with a message saying so, rather than half-applied.
+//! stays. Routes are swapped live, and so are each listener's TLS certificate and key (re-read
+//! from disk even when the config did not change: that is how a rotated certificate is picked
+//! up), authentication and timeouts; new connections get them, established ones keep theirs.
+//! A certificate that does not load rejects the whole reload. Changes to listen addresses,
+//! connection and size limits, buffers or outputs need a restart and are rejected with a
+//! message saying so, rather than half-applied. Certificate files are also watched
+//! (`tls.watch_interval`), so a rotation needs no signal at all.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use logferry_common::chunk::{Buffer, BufferOptions, ChunkError};
-use logferry_common::forward::Limits;
 use logferry_common::telemetry;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -32,9 +36,9 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Phase, ReloadRequest, Status};
 use crate::config::{parse_addr, Config, ConfigErrors};
 use crate::dedupe::AckedChunks;
-use crate::outputs::{Output, OutputError, OutputHealth, Worker};
+use crate::outputs::{DeadLetters, Output, OutputError, OutputHealth, Worker};
 use crate::route::{Pattern, Router};
-use crate::server::{Pipeline, Server};
+use crate::server::{ListenerSet, Pipeline};
 
 /// Why the aggregator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +83,9 @@ pub enum StartError {
         /// What failed.
         source: std::io::Error,
     },
+    /// A Forward listener could not be set up (TLS files, bind).
+    #[error(transparent)]
+    Listener(#[from] crate::server::ListenerError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -104,6 +111,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     let names: Vec<String> = config.outputs.keys().cloned().collect();
     let mut buffers = Vec::with_capacity(names.len());
     let mut workers = Vec::with_capacity(names.len());
+    let mut healths = Vec::with_capacity(names.len());
     for name in &names {
         let output_config = &config.outputs[name];
         let dir = output_buffer_dir(&config, name);
@@ -118,18 +126,28 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
             bad_frames = recovered.bad_frames, quarantined = recovered.quarantined.len(),
             "buffer recovered"
         );
-        let output = Output::build(output_config).map_err(|source| StartError::Output {
-            name: name.clone(),
-            source,
-        })?;
+        let output =
+            Output::build(name, output_config)
+                .await
+                .map_err(|source| StartError::Output {
+                    name: name.clone(),
+                    source,
+                })?;
+        let health = Arc::new(OutputHealth::new(name, output_config.unready_after()));
+        healths.push(Arc::clone(&health));
         workers.push(Worker {
             name: name.clone(),
             output,
             buffer: buffer.clone(),
             sealed,
             retry: output_config.retry().clone(),
-            dead_letter_dir: dir.join("dead-letter"),
-            health: Arc::new(OutputHealth::default()),
+            concurrency: output_config.concurrency(),
+            dead_letters: Arc::new(DeadLetters::new(
+                crate::outputs::dead_letter::dir_of(&dir),
+                name,
+                output_config.dead_letter().clone(),
+            )),
+            health,
         });
         buffers.push(buffer);
     }
@@ -139,13 +157,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         buffers: buffers.clone(),
         acked: AckedChunks::open(
             &config.buffer.path.join("index"),
-            config.server.dedupe_window,
+            config.server.dedupe_window(),
         ),
-        limits: Limits {
-            max_request_bytes: config.server.max_request_bytes.bytes() as usize,
-            max_decompressed_bytes: config.server.max_decompressed_bytes.bytes() as usize,
-        },
-        idle_timeout: config.server.idle_timeout,
     });
 
     let hard_stop = CancellationToken::new();
@@ -154,7 +167,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         .map(|w| tokio::spawn(w.run(hard_stop.clone())))
         .collect();
 
-    let status = Arc::new(Status::new(buffers.clone()));
+    let status = Arc::new(Status::new(buffers.clone()).with_outputs(healths));
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let admin_stop = CancellationToken::new();
     let admin_addr = parse_addr(&config.admin.listen)
@@ -170,20 +183,30 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         admin_stop.clone(),
     ));
 
-    let forward_addr = parse_addr(&config.server.listen)
-        .map_err(|_| bind_err("forward", &config.server.listen, None))?;
-    let server = Server::bind(
-        forward_addr,
-        Arc::clone(&pipeline),
-        config.server.max_connections,
-    )
-    .await
-    .map_err(|e| bind_err("forward", &config.server.listen, Some(e)))?;
-    if let Ok(addr) = server.local_addr() {
-        tracing::info!(listener = "forward", %addr, "listening");
+    // Every Forward listener ([server] or [[server]]); TLS files are loaded before anything
+    // binds, so a bad certificate fails the start with its file name.
+    let (listeners, servers) = ListenerSet::bind(&config.server, &pipeline).await?;
+    for (server, name) in servers.iter().zip(listeners.labels()) {
+        if let Ok(addr) = server.local_addr() {
+            let settings = server.handle().settings();
+            tracing::info!(listener = "forward", %name, %addr, tls = settings.tls.is_some(),
+                auth = settings.auth.is_some(), "listening");
+        }
     }
     let stop_accepting = CancellationToken::new();
-    let server_task = tokio::spawn(server.run(stop_accepting.clone()));
+    tokio::spawn(listeners.clone().watch_certificates(stop_accepting.clone()));
+    let server_task = {
+        let stop = stop_accepting.clone();
+        tokio::spawn(async move {
+            let tasks: Vec<_> = servers
+                .into_iter()
+                .map(|server| tokio::spawn(server.run(stop.clone())))
+                .collect();
+            for task in tasks {
+                let _ = task.await;
+            }
+        })
+    };
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
@@ -195,13 +218,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
-                match reload(&running, config_path.as_deref(), &names, &pipeline) {
+                match reload(&running, config_path.as_deref(), &names, &pipeline, &listeners) {
                     Ok(msg) => tracing::info!("{msg}"),
                     Err(msg) => tracing::error!("reload rejected: {msg}"),
                 }
             }
             Some(reply) = reload_rx.recv() => {
-                let result = reload(&running, config_path.as_deref(), &names, &pipeline);
+                let result = reload(&running, config_path.as_deref(), &names, &pipeline, &listeners);
                 match &result {
                     Ok(msg) => tracing::info!("{msg}"),
                     Err(msg) => tracing::error!("reload rejected: {msg}"),
@@ -281,7 +304,7 @@ fn buffer_options(config: &Config, name: &str, dir: &Path) -> BufferOptions {
     options.overflow_action = b.overflow_action;
     options.fsync = b.fsync;
     options.commit_interval = b.commit_interval;
-    options.max_frame_bytes = config.server.max_decompressed_bytes.bytes() + 64 * 1024;
+    options.max_frame_bytes = config.server.max_decompressed_bytes().bytes() + 64 * 1024;
     options
 }
 
@@ -309,6 +332,7 @@ fn reload(
     path: Option<&Path>,
     names: &[String],
     pipeline: &Pipeline,
+    listeners: &ListenerSet,
 ) -> Result<String, String> {
     let Some(path) = path else {
         return Err("running the embedded default config; there is no file to reload".into());
@@ -316,8 +340,8 @@ fn reload(
     let new = Config::load(path).map_err(|e| e.to_string())?;
     new.validate().map_err(|e| e.to_string())?;
     let mut changed = Vec::new();
-    if new.server != running.server {
-        changed.push("[server]");
+    if !new.server.same_bindings(&running.server) {
+        changed.push("[server] (listen, max_connections, request size limits, dedupe_window or the number of listeners)");
     }
     if new.admin != running.admin {
         changed.push("[admin]");
@@ -337,12 +361,20 @@ fn reload(
             changed.join(", ")
         ));
     }
+    // TLS files are re-read and auth and timeouts applied (all listeners or none) before the
+    // routes change, so a bad certificate rejects the whole reload.
+    let notes = listeners.reload(&new.server).map_err(|e| e.to_string())?;
     pipeline.set_router(build_router(&new, names));
-    Ok(format!(
+    let mut message = format!(
         "config reloaded from {}: {} routes",
         path.display(),
         new.routes.len()
-    ))
+    );
+    for note in notes {
+        message.push_str("; ");
+        message.push_str(&note);
+    }
+    Ok(message)
 }
 
 fn bind_err(what: &'static str, addr: &str, source: Option<std::io::Error>) -> StartError {

@@ -18,6 +18,11 @@ use serde::Deserialize;
 
 use crate::route::Pattern;
 
+mod listener;
+pub use listener::{
+    AuthClientConfig, AuthConfig, Listeners, Secret, ServerConfig, ServerTlsConfig, UserConfig,
+};
+
 /// The configuration that runs when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
@@ -28,9 +33,9 @@ pub struct Config {
     /// How long a graceful shutdown may take before undelivered chunks are left on disk.
     #[serde(default = "defaults::shutdown_timeout", with = "duration")]
     pub shutdown_timeout: Duration,
-    /// The Forward listener.
+    /// The Forward listeners: `[server]` (one) or `[[server]]` (several), see [`Listeners`].
     #[serde(default)]
-    pub server: ServerConfig,
+    pub server: Listeners,
     /// The HTTP admin listener.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -43,31 +48,6 @@ pub struct Config {
     /// Outputs by name.
     #[serde(default)]
     pub outputs: BTreeMap<String, OutputConfig>,
-}
-
-/// `[server]`: the Forward listener.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerConfig {
-    /// Address to listen on (`host:port`; port 0 picks a free one and logs it).
-    #[serde(default = "defaults::listen")]
-    pub listen: String,
-    /// Largest request accepted; a larger one closes the connection.
-    #[serde(default = "defaults::max_request_bytes")]
-    pub max_request_bytes: ByteSize,
-    /// Largest decompressed size of a gzip request (zip-bomb guard).
-    #[serde(default = "defaults::max_decompressed_bytes")]
-    pub max_decompressed_bytes: ByteSize,
-    /// Connections served at once; more are closed on accept.
-    #[serde(default = "defaults::max_connections")]
-    pub max_connections: usize,
-    /// A connection silent this long is closed.
-    #[serde(default = "defaults::idle_timeout", with = "duration")]
-    pub idle_timeout: Duration,
-    /// How long an acked chunk id is remembered, so a re-sent chunk is acked again without
-    /// being stored twice. `"0s"` turns deduplication off.
-    #[serde(default = "defaults::dedupe_window", with = "duration")]
-    pub dedupe_window: Duration,
 }
 
 /// `[admin]`: the HTTP admin listener.
@@ -122,6 +102,10 @@ pub struct RouteConfig {
 }
 
 /// `[outputs.NAME]`: one output.
+///
+/// Every type also takes the framework keys: `retry`, `dead_letter`, `concurrency` (chunks
+/// delivered at once) and `unready_after` (how long the output may fail before `/readyz`
+/// turns 503).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OutputConfig {
@@ -129,15 +113,46 @@ pub enum OutputConfig {
     File(FileOutputConfig),
     /// Discards everything (for benchmarks).
     Null(NullOutputConfig),
+    /// Elasticsearch `_bulk` (cargo feature `elasticsearch`).
+    Elasticsearch(ElasticsearchOutputConfig),
+    /// Kafka producer (cargo feature `kafka`).
+    Kafka(KafkaOutputConfig),
+    /// Google Cloud Logging `entries.write` (cargo feature `stackdriver`).
+    Stackdriver(StackdriverOutputConfig),
+}
+
+/// Applies `$body` to the config struct of whichever output type `$self` is.
+macro_rules! each_output {
+    ($self:expr, $c:ident => $body:expr) => {
+        match $self {
+            OutputConfig::File($c) => $body,
+            OutputConfig::Null($c) => $body,
+            OutputConfig::Elasticsearch($c) => $body,
+            OutputConfig::Kafka($c) => $body,
+            OutputConfig::Stackdriver($c) => $body,
+        }
+    };
 }
 
 impl OutputConfig {
     /// The output's retry settings.
     pub fn retry(&self) -> &RetryConfig {
-        match self {
-            OutputConfig::File(c) => &c.retry,
-            OutputConfig::Null(c) => &c.retry,
-        }
+        each_output!(self, c => &c.retry)
+    }
+
+    /// The output's dead-letter settings.
+    pub fn dead_letter(&self) -> &DeadLetterConfig {
+        each_output!(self, c => &c.dead_letter)
+    }
+
+    /// Chunks the output delivers at once.
+    pub fn concurrency(&self) -> usize {
+        each_output!(self, c => c.concurrency)
+    }
+
+    /// How long the output may keep failing before `/readyz` turns 503 (zero: never).
+    pub fn unready_after(&self) -> Duration {
+        each_output!(self, c => c.unready_after)
     }
 
     /// The output type as written in the config.
@@ -145,6 +160,230 @@ impl OutputConfig {
         match self {
             OutputConfig::File(_) => "file",
             OutputConfig::Null(_) => "null",
+            OutputConfig::Elasticsearch(_) => "elasticsearch",
+            OutputConfig::Kafka(_) => "kafka",
+            OutputConfig::Stackdriver(_) => "stackdriver",
+        }
+    }
+
+    /// Checks the type-specific keys; problems are reported with their key under `key`.
+    fn validate_into(&self, key: &str, errors: &mut Vec<ConfigError>) {
+        let mut err =
+            |k: &str, msg: String| errors.push(ConfigError::new(format!("{key}.{k}"), msg));
+        let retry = self.retry();
+        if retry.initial.is_zero() {
+            err("retry.initial", "must be greater than 0".into());
+        }
+        if retry.max_interval < retry.initial {
+            err(
+                "retry.max_interval",
+                "must be at least retry.initial".into(),
+            );
+        }
+        if !(1..=64).contains(&self.concurrency()) {
+            err("concurrency", "must be between 1 and 64".into());
+        }
+        let dl = self.dead_letter();
+        if dl.enabled && dl.max_size.bytes() < 64 * 1024 {
+            err("dead_letter.max_size", "must be at least 64KiB".into());
+        }
+        match self {
+            OutputConfig::File(f) => {
+                if f.path.as_os_str().is_empty() {
+                    err("path", "must not be empty".into());
+                }
+            }
+            OutputConfig::Null(_) => {}
+            OutputConfig::Elasticsearch(c) => {
+                if !cfg!(feature = "elasticsearch") {
+                    err(
+                        "type",
+                        "this build has no elasticsearch output (cargo feature `elasticsearch`)"
+                            .into(),
+                    );
+                }
+                if c.endpoints.is_empty() {
+                    err(
+                        "endpoints",
+                        "at least one endpoint is required, e.g. [\"http://127.0.0.1:9200\"]"
+                            .into(),
+                    );
+                }
+                for (i, e) in c.endpoints.iter().enumerate() {
+                    if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() <= 8 {
+                        err(
+                            &format!("endpoints[{i}]"),
+                            format!("{e:?} is not an http:// or https:// URL"),
+                        );
+                    }
+                }
+                if let Err(e) = crate::outputs::template::Template::parse(&c.index, true) {
+                    err("index", e.to_string());
+                }
+                if let Some(auth) = &c.auth {
+                    let basic = auth.username.is_some() || auth.password.is_some();
+                    if basic && auth.api_key.is_some() {
+                        err(
+                            "auth",
+                            "set either username/password or api_key, not both".into(),
+                        );
+                    }
+                    if auth.username.is_some() != auth.password.is_some() {
+                        err("auth", "username and password go together".into());
+                    }
+                    if !basic && auth.api_key.is_none() {
+                        err("auth", "set username and password, or api_key".into());
+                    }
+                }
+                if c.bulk_max_bytes.bytes() < 1024 {
+                    err("bulk_max_bytes", "must be at least 1KiB".into());
+                }
+                if c.bulk_max_records == 0 {
+                    err("bulk_max_records", "must be at least 1".into());
+                }
+                if c.request_timeout.is_zero() {
+                    err("request_timeout", "must be greater than 0".into());
+                }
+                if let Some(t) = &c.template {
+                    if t.name.is_empty() {
+                        err("template.name", "must not be empty".into());
+                    }
+                }
+            }
+            OutputConfig::Kafka(c) => {
+                if !cfg!(feature = "kafka") {
+                    err(
+                        "type",
+                        "this build has no kafka output (cargo feature `kafka`)".into(),
+                    );
+                }
+                if c.brokers.trim().is_empty() {
+                    err(
+                        "brokers",
+                        "must list at least one broker, e.g. \"127.0.0.1:9092\"".into(),
+                    );
+                }
+                match crate::outputs::template::Template::parse(&c.topic, false) {
+                    Err(e) => err("topic", e.to_string()),
+                    Ok(t) if t.is_empty() => err("topic", "must not be empty".into()),
+                    Ok(_) => {}
+                }
+                if let Some(d) = &c.topic_default {
+                    if !crate::outputs::template::valid_kafka_topic(d) {
+                        err("topic_default", format!("{d:?} is not a valid topic name ([A-Za-z0-9._-], at most 249 characters)"));
+                    }
+                }
+                if c.message_max_bytes.bytes() < 1000 || c.message_max_bytes.bytes() > 1_000_000_000
+                {
+                    err(
+                        "message_max_bytes",
+                        "must be between 1000 and 1000000000 bytes".into(),
+                    );
+                }
+                if c.delivery_timeout.is_zero() {
+                    err("delivery_timeout", "must be greater than 0".into());
+                }
+                for k in c.librdkafka.keys() {
+                    if k == "bootstrap.servers" || k == "metadata.broker.list" {
+                        err(&format!("librdkafka.{k}"), "set `brokers` instead".into());
+                    }
+                }
+            }
+            OutputConfig::Stackdriver(c) => {
+                if !cfg!(feature = "stackdriver") {
+                    err(
+                        "type",
+                        "this build has no stackdriver output (cargo feature `stackdriver`)".into(),
+                    );
+                }
+                if let Some(p) = &c.project_id {
+                    if p.is_empty() {
+                        err(
+                            "project_id",
+                            "must not be empty (leave it out to ask the metadata server)".into(),
+                        );
+                    }
+                }
+                if let Some(e) = &c.endpoint {
+                    if !(e.starts_with("http://") || e.starts_with("https://")) {
+                        err(
+                            "endpoint",
+                            format!("{e:?} is not an http:// or https:// URL"),
+                        );
+                    }
+                }
+                if c.max_request_bytes.bytes() < 64 * 1024
+                    || c.max_request_bytes.bytes() > 10_000_000
+                {
+                    err(
+                        "max_request_bytes",
+                        "must be between 64KiB and 10MB (the API's limit)".into(),
+                    );
+                }
+                if c.max_entry_bytes.bytes() < 1024 || c.max_entry_bytes.bytes() > 256 * 1024 {
+                    err(
+                        "max_entry_bytes",
+                        "must be between 1KiB and 256KiB (the API's limit)".into(),
+                    );
+                }
+                if c.max_entry_bytes > c.max_request_bytes {
+                    err(
+                        "max_entry_bytes",
+                        "must not exceed max_request_bytes".into(),
+                    );
+                }
+                if !(1..=10_000).contains(&c.max_entries_per_request) {
+                    err(
+                        "max_entries_per_request",
+                        "must be between 1 and 10000".into(),
+                    );
+                }
+                if c.request_timeout.is_zero() {
+                    err("request_timeout", "must be greater than 0".into());
+                }
+            }
+        }
+    }
+}
+
+/// `dead_letter`: where records go that the sink rejected or that ran out of retries.
+///
+/// Dead letters are chunk files under `<buffer>/outputs/<name>/dead-letter/`; see
+/// `outputs::dead_letter` for the format and `logferry-aggregator dead-letter list|replay`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Keep dead letters. When off, such records are dropped and counted in
+    /// `logferry_dropped_records_total{reason="dead_letter_disabled"}`.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// Most bytes the dead-letter directory may hold.
+    #[serde(default = "defaults::dead_letter_max_size")]
+    pub max_size: ByteSize,
+    /// What happens when it is full: `block` (the chunk stays in the buffer and is retried,
+    /// nothing is lost; the output counts as failing) or `drop` (the records are dropped and
+    /// counted in `logferry_dropped_records_total{reason="dead_letter_full"}`).
+    #[serde(default)]
+    pub when_full: DeadLetterWhenFull,
+}
+
+/// `dead_letter.when_full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterWhenFull {
+    /// Keep the chunk and retry later.
+    #[default]
+    Block,
+    /// Drop the records (counted).
+    Drop,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            enabled: true,
+            max_size: defaults::dead_letter_max_size(),
+            when_full: DeadLetterWhenFull::default(),
         }
     }
 }
@@ -158,6 +397,15 @@ pub struct FileOutputConfig {
     /// Retry behaviour.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Dead letters.
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    /// Chunks delivered at once.
+    #[serde(default = "defaults::one")]
+    pub concurrency: usize,
+    /// Failing this long turns `/readyz` 503 (`"0s"`: never).
+    #[serde(default = "defaults::unready_after", with = "duration")]
+    pub unready_after: Duration,
 }
 
 /// `type = "null"`.
@@ -167,6 +415,310 @@ pub struct NullOutputConfig {
     /// Retry behaviour (the null output never fails; accepted for uniformity).
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Dead letters (never used by the null output; accepted for uniformity).
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    /// Chunks delivered at once.
+    #[serde(default = "defaults::one")]
+    pub concurrency: usize,
+    /// Failing this long turns `/readyz` 503 (`"0s"`: never).
+    #[serde(default = "defaults::unready_after", with = "duration")]
+    pub unready_after: Duration,
+}
+
+/// `type = "elasticsearch"`: `_bulk` requests.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticsearchOutputConfig {
+    /// Nodes, used round-robin: `["http://es-0:9200", ...]`.
+    pub endpoints: Vec<String>,
+    /// Index name template: strftime on the record time (`%Y.%m.%d`), `${tag}`, and record
+    /// fields `${record.kubernetes.namespace_name}` (`${a.b}` is short for `${record.a.b}`).
+    /// Substituted values are lowercased and characters ES forbids become `_`. A missing field
+    /// becomes `index_fallback` when set, otherwise `_`.
+    #[serde(default = "defaults::es_index")]
+    pub index: String,
+    /// What a missing `${record...}` field becomes in the index name.
+    #[serde(default)]
+    pub index_fallback: Option<String>,
+    /// `index` (overwrite by `_id`) or `create` (required for data streams; a duplicate `_id`
+    /// counts as already delivered).
+    #[serde(default)]
+    pub action: EsAction,
+    /// Give each record a deterministic `_id` (a hash of the chunk's identity and the record's
+    /// place in it), so a retried bulk never duplicates. Off: ES picks ids.
+    #[serde(default = "defaults::yes")]
+    pub generate_id: bool,
+    /// Add the tag to each document under `tag_key`.
+    #[serde(default)]
+    pub include_tag_key: bool,
+    /// Field name for `include_tag_key`.
+    #[serde(default = "defaults::tag_key")]
+    pub tag_key: String,
+    /// Field that receives the record time (RFC 3339, nanoseconds), unless the record already
+    /// has it. Empty: none.
+    #[serde(default = "defaults::es_time_key")]
+    pub time_key: String,
+    /// Request body compression.
+    #[serde(default)]
+    pub compression: HttpCompression,
+    /// Basic auth or API key.
+    #[serde(default)]
+    pub auth: Option<EsAuthConfig>,
+    /// TLS for https endpoints.
+    #[serde(default)]
+    pub tls: OutputTlsConfig,
+    /// Largest bulk request body (before compression). ES refuses bodies over
+    /// `http.max_content_length` (100MB by default); 5-15MB is the usual sweet spot.
+    #[serde(default = "defaults::es_bulk_max_bytes")]
+    pub bulk_max_bytes: ByteSize,
+    /// Most documents per bulk request.
+    #[serde(default = "defaults::es_bulk_max_records")]
+    pub bulk_max_records: usize,
+    /// Timeout of one bulk request.
+    #[serde(default = "defaults::request_timeout", with = "duration")]
+    pub request_timeout: Duration,
+    /// Install an index template at start (`PUT _index_template/<name>` with the JSON file).
+    #[serde(default)]
+    pub template: Option<EsTemplateConfig>,
+    /// Retry behaviour.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Dead letters.
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    /// Chunks delivered at once.
+    #[serde(default = "defaults::two")]
+    pub concurrency: usize,
+    /// Failing this long turns `/readyz` 503 (`"0s"`: never).
+    #[serde(default = "defaults::unready_after", with = "duration")]
+    pub unready_after: Duration,
+}
+
+/// `action` of the Elasticsearch output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EsAction {
+    /// `index`: create or overwrite.
+    #[default]
+    Index,
+    /// `create`: fail if the `_id` exists (data streams need it).
+    Create,
+}
+
+/// Request body compression of HTTP outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpCompression {
+    /// `Content-Encoding: gzip`.
+    #[default]
+    Gzip,
+    /// Uncompressed.
+    None,
+}
+
+/// `auth` of the Elasticsearch output.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EsAuthConfig {
+    /// Basic auth user.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Basic auth password (use `${ENV}`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// API key: the base64 `id:key` as ES returns it in `encoded` (use `${ENV}`).
+    #[serde(default)]
+    pub api_key: Option<String>,
+}
+
+/// `tls` of an HTTP output.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputTlsConfig {
+    /// PEM file of the CA(s) that sign the server certificate (in addition to the system roots).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Accept any server certificate. For tests only.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// `template` of the Elasticsearch output.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EsTemplateConfig {
+    /// Template name.
+    pub name: String,
+    /// JSON body of `PUT _index_template/<name>`.
+    pub file: PathBuf,
+    /// Replace an existing template of that name.
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+/// `type = "kafka"`: a librdkafka producer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaOutputConfig {
+    /// Bootstrap brokers: `"host:9092,host2:9092"`.
+    pub brokers: String,
+    /// Topic template: `${tag}` and record fields (`logs.${kubernetes.namespace_name}`).
+    /// Characters Kafka forbids become `_`.
+    pub topic: String,
+    /// Topic of a record that lacks a field the template needs. Unset: such a record goes to
+    /// dead letters.
+    #[serde(default)]
+    pub topic_default: Option<String>,
+    /// Record field whose value is the message key (`kubernetes.pod_name`). Unset: no key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Message value format.
+    #[serde(default)]
+    pub format: KafkaFormat,
+    /// Compression codec.
+    #[serde(default)]
+    pub compression: KafkaCompression,
+    /// Largest message (`message.max.bytes`); a larger record goes to dead letters.
+    #[serde(default = "defaults::kafka_message_max_bytes")]
+    pub message_max_bytes: ByteSize,
+    /// How long librdkafka may try to deliver a message (`message.timeout.ms`) before the
+    /// output's own retry takes over.
+    #[serde(default = "defaults::kafka_delivery_timeout", with = "duration")]
+    pub delivery_timeout: Duration,
+    /// Add the tag to each JSON/msgpack value under `tag_key`.
+    #[serde(default)]
+    pub include_tag_key: bool,
+    /// Field name for `include_tag_key`.
+    #[serde(default = "defaults::tag_key")]
+    pub tag_key: String,
+    /// Field that receives the record time (RFC 3339) unless the record has it. Empty: none
+    /// (the time is always the message timestamp).
+    #[serde(default)]
+    pub time_key: String,
+    /// librdkafka properties, passed through last (they override everything above except
+    /// `bootstrap.servers`). Defaults set here: `acks=all`, `enable.idempotence=true`.
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+    /// Retry behaviour.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Dead letters.
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    /// Chunks delivered at once.
+    #[serde(default = "defaults::two")]
+    pub concurrency: usize,
+    /// Failing this long turns `/readyz` 503 (`"0s"`: never).
+    #[serde(default = "defaults::unready_after", with = "duration")]
+    pub unready_after: Duration,
+}
+
+/// Message value format of the Kafka output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaFormat {
+    /// The record as a JSON object.
+    #[default]
+    Json,
+    /// The record as a msgpack map, as received.
+    Msgpack,
+}
+
+/// Compression codec of the Kafka output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaCompression {
+    /// None.
+    None,
+    /// gzip.
+    Gzip,
+    /// snappy.
+    Snappy,
+    /// lz4 (cheap and effective on logs).
+    #[default]
+    Lz4,
+    /// zstd.
+    Zstd,
+}
+
+impl KafkaCompression {
+    /// The `compression.codec` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaCompression::None => "none",
+            KafkaCompression::Gzip => "gzip",
+            KafkaCompression::Snappy => "snappy",
+            KafkaCompression::Lz4 => "lz4",
+            KafkaCompression::Zstd => "zstd",
+        }
+    }
+}
+
+/// `type = "stackdriver"`: Google Cloud Logging `entries.write`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackdriverOutputConfig {
+    /// The project; unset: asked from the GCE/GKE metadata server at start.
+    #[serde(default)]
+    pub project_id: Option<String>,
+    /// Log id (`projects/<p>/logs/<log_name>`). Unset: the record's `stream` (`stdout`,
+    /// `stderr`), or `logferry` when it has none.
+    #[serde(default)]
+    pub log_name: Option<String>,
+    /// The `k8s_container` resource's cluster labels.
+    #[serde(default)]
+    pub resource: StackdriverResourceConfig,
+    /// Service account key file; unset: application-default credentials (metadata server in
+    /// GKE, `GOOGLE_APPLICATION_CREDENTIALS` otherwise). `"anonymous"`: no credentials (local
+    /// test servers only).
+    #[serde(default)]
+    pub credentials: Option<String>,
+    /// API endpoint override (tests, private endpoints).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Metadata server override (`http://host:port`), for the project id, cluster name and
+    /// location when the config leaves them out.
+    #[serde(default)]
+    pub metadata_endpoint: Option<String>,
+    /// Largest `entries.write` request body (the API's limit is 10MB).
+    #[serde(default = "defaults::gcl_max_request_bytes")]
+    pub max_request_bytes: ByteSize,
+    /// Largest LogEntry (the API's limit is about 256KiB); larger entries are truncated (see
+    /// `outputs::stackdriver::mapping`).
+    #[serde(default = "defaults::gcl_max_entry_bytes")]
+    pub max_entry_bytes: ByteSize,
+    /// Most entries per request.
+    #[serde(default = "defaults::gcl_max_entries")]
+    pub max_entries_per_request: usize,
+    /// Timeout of one request.
+    #[serde(default = "defaults::request_timeout", with = "duration")]
+    pub request_timeout: Duration,
+    /// Retry behaviour.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Dead letters.
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    /// Chunks delivered at once.
+    #[serde(default = "defaults::two")]
+    pub concurrency: usize,
+    /// Failing this long turns `/readyz` 503 (`"0s"`: never).
+    #[serde(default = "defaults::unready_after", with = "duration")]
+    pub unready_after: Duration,
+}
+
+/// `resource` of the Stackdriver output: the cluster half of the `k8s_container` labels
+/// (namespace, pod and container come from each record's Kubernetes metadata).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackdriverResourceConfig {
+    /// `cluster_name`; unset: the metadata server's `cluster-name` attribute.
+    #[serde(default)]
+    pub cluster_name: Option<String>,
+    /// `location`; unset: the metadata server's `cluster-location` attribute.
+    #[serde(default)]
+    pub location: Option<String>,
 }
 
 /// `retry`: exponential backoff with full jitter between delivery attempts of one chunk.
@@ -241,18 +793,53 @@ mod defaults {
     pub(super) fn retry_forever() -> bool {
         false
     }
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: defaults::listen(),
-            max_request_bytes: defaults::max_request_bytes(),
-            max_decompressed_bytes: defaults::max_decompressed_bytes(),
-            max_connections: defaults::max_connections(),
-            idle_timeout: defaults::idle_timeout(),
-            dedupe_window: defaults::dedupe_window(),
-        }
+    pub(super) fn yes() -> bool {
+        true
+    }
+    pub(super) fn one() -> usize {
+        1
+    }
+    pub(super) fn two() -> usize {
+        2
+    }
+    pub(super) fn unready_after() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub(super) fn dead_letter_max_size() -> ByteSize {
+        ByteSize::mib(1024)
+    }
+    pub(super) fn es_index() -> String {
+        "logs-%Y.%m.%d".into()
+    }
+    pub(super) fn tag_key() -> String {
+        "tag".into()
+    }
+    pub(super) fn es_time_key() -> String {
+        "@timestamp".into()
+    }
+    pub(super) fn es_bulk_max_bytes() -> ByteSize {
+        ByteSize::mib(5)
+    }
+    pub(super) fn es_bulk_max_records() -> usize {
+        5000
+    }
+    pub(super) fn request_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub(super) fn kafka_message_max_bytes() -> ByteSize {
+        ByteSize(1_000_000)
+    }
+    pub(super) fn kafka_delivery_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub(super) fn gcl_max_request_bytes() -> ByteSize {
+        ByteSize(9_500_000)
+    }
+    pub(super) fn gcl_max_entry_bytes() -> ByteSize {
+        ByteSize(250_000)
+    }
+    pub(super) fn gcl_max_entries() -> usize {
+        1000
     }
 }
 
@@ -340,6 +927,16 @@ impl Config {
     ) -> Result<Config, ConfigErrors> {
         let mut value: toml::Value = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         let mut errors = Vec::new();
+        // `${tag}` and dotted names (`${record.a}`, `${kubernetes.namespace_name}`) are output
+        // name templates, resolved per record: they stay as they are. Environment variable
+        // names have no dots.
+        let env = |k: &str| {
+            if k == "tag" || k.contains('.') {
+                Some(format!("${{{k}}}"))
+            } else {
+                env(k)
+            }
+        };
         substitute_in(&mut value, String::new(), &env, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -388,31 +985,11 @@ impl Config {
     /// Checks everything that can be checked without IO, returning every problem found.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
+        self.server.validate_into(&mut errors);
         let mut err = |key: &str, msg: String| errors.push(ConfigError::new(key, msg));
 
-        if let Err(e) = parse_addr(&self.server.listen) {
-            err("server.listen", e);
-        }
         if let Err(e) = parse_addr(&self.admin.listen) {
             err("admin.listen", e);
-        }
-        if self.server.max_connections == 0 {
-            err("server.max_connections", "must be at least 1".into());
-        }
-        if self.server.max_request_bytes.bytes() < 1024 {
-            err("server.max_request_bytes", "must be at least 1KiB".into());
-        }
-        if self.server.max_decompressed_bytes < self.server.max_request_bytes {
-            err(
-                "server.max_decompressed_bytes",
-                format!(
-                    "must be at least server.max_request_bytes ({})",
-                    self.server.max_request_bytes
-                ),
-            );
-        }
-        if self.server.idle_timeout.is_zero() {
-            err("server.idle_timeout", "must be greater than 0".into());
         }
 
         let b = &self.buffer;
@@ -434,12 +1011,12 @@ impl Config {
                 ),
             );
         }
-        if b.total_limit_size < self.server.max_request_bytes {
+        if b.total_limit_size < self.server.max_request_bytes() {
             err(
                 "buffer.total_limit_size",
                 format!(
                     "must be at least server.max_request_bytes ({}), or a large request could never fit",
-                    self.server.max_request_bytes
+                    self.server.max_request_bytes()
                 ),
             );
         }
@@ -456,6 +1033,7 @@ impl Config {
         if self.outputs.is_empty() {
             err("outputs", "at least one output is required".into());
         }
+        let mut output_errors = Vec::new();
         for (name, output) in &self.outputs {
             let key = format!("outputs.{name}");
             if name.is_empty()
@@ -468,24 +1046,7 @@ impl Config {
                     "output names may only contain letters, digits, '_' and '-'".into(),
                 );
             }
-            let retry = output.retry();
-            if retry.initial.is_zero() {
-                err(
-                    &format!("{key}.retry.initial"),
-                    "must be greater than 0".into(),
-                );
-            }
-            if retry.max_interval < retry.initial {
-                err(
-                    &format!("{key}.retry.max_interval"),
-                    "must be at least retry.initial".into(),
-                );
-            }
-            if let OutputConfig::File(f) = output {
-                if f.path.as_os_str().is_empty() {
-                    err(&format!("{key}.path"), "must not be empty".into());
-                }
-            }
+            output.validate_into(&key, &mut output_errors);
         }
 
         if self.routes.is_empty() {
@@ -523,6 +1084,7 @@ impl Config {
             }
         }
 
+        errors.extend(output_errors);
         if errors.is_empty() {
             Ok(())
         } else {
@@ -533,14 +1095,7 @@ impl Config {
     /// Warnings: valid but probably not what the operator wants.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if let Ok(addr) = parse_addr(&self.server.listen) {
-            if !addr.ip().is_loopback() {
-                warnings.push(format!(
-                    "server.listen = {:?} accepts connections from other hosts without TLS or authentication",
-                    self.server.listen
-                ));
-            }
-        }
+        self.server.warnings_into(&mut warnings);
         if self.buffer.fsync != FsyncPolicy::Always {
             warnings.push(
                 "buffer.fsync is not \"always\": acked records can be lost if the machine crashes"
@@ -624,7 +1179,7 @@ mod tests {
     fn embedded_default_is_valid() {
         let config = Config::embedded_default();
         config.validate().unwrap();
-        assert_eq!(config.server.listen, "127.0.0.1:24224");
+        assert_eq!(config.server[0].listen, "127.0.0.1:24224");
         assert_eq!(config.buffer.fsync, FsyncPolicy::Always);
         assert!(matches!(config.outputs["file"], OutputConfig::File(_)));
     }
@@ -689,6 +1244,91 @@ mod tests {
         let err = Config::parse_with_env(text, no_env).unwrap_err();
         assert_eq!(err.0[0].key, "outputs.f.path");
         assert!(err.0[0].message.contains("OUT_DIR"));
+    }
+
+    #[test]
+    fn output_types_parse_and_validate() {
+        let bad = r#"
+            [[route]]
+            match = "**"
+            outputs = ["es", "k", "gcl"]
+            [outputs.es]
+            type = "elasticsearch"
+            endpoints = ["localhost:9200"]
+            index = "logs-%Q"
+            auth = { username = "u" }
+            bulk_max_records = 0
+            [outputs.k]
+            type = "kafka"
+            brokers = ""
+            topic = "logs.${kubernetes.namespace_name"
+            topic_default = "bad topic"
+            librdkafka = { "bootstrap.servers" = "x" }
+            concurrency = 0
+            [outputs.gcl]
+            type = "stackdriver"
+            max_request_bytes = "20MB"
+            max_entry_bytes = "1MiB"
+            dead_letter = { max_size = "1KiB" }
+        "#;
+        let config = Config::parse_with_env(bad, no_env).unwrap();
+        let errors = config.validate().unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "outputs.es.endpoints[0]",
+            "outputs.es.index",
+            "outputs.es.auth",
+            "outputs.es.bulk_max_records",
+            "outputs.k.brokers",
+            "outputs.k.topic",
+            "outputs.k.topic_default",
+            "outputs.k.librdkafka.bootstrap.servers",
+            "outputs.k.concurrency",
+            "outputs.gcl.max_request_bytes",
+            "outputs.gcl.max_entry_bytes",
+            "outputs.gcl.dead_letter.max_size",
+        ] {
+            assert!(keys.contains(&expected), "{expected} not in {keys:?}");
+        }
+
+        let good = r#"
+            [[route]]
+            match = "**"
+            outputs = ["es", "k"]
+            [outputs.es]
+            type = "elasticsearch"
+            endpoints = ["https://es:9200"]
+            index = "logs-${kubernetes.namespace_name}-%Y.%m.%d"
+            auth = { api_key = "${ES_KEY}" }
+            [outputs.k]
+            type = "kafka"
+            brokers = "k:9092"
+            topic = "logs"
+            dead_letter = { when_full = "drop" }
+        "#;
+        let config =
+            Config::parse_with_env(good, |k| (k == "ES_KEY").then(|| "c2VjcmV0".into())).unwrap();
+        config.validate().unwrap();
+        let OutputConfig::Elasticsearch(es) = &config.outputs["es"] else {
+            panic!("elasticsearch output")
+        };
+        // The template reference survives ${ENV} substitution; the secret is substituted.
+        assert_eq!(es.index, "logs-${kubernetes.namespace_name}-%Y.%m.%d");
+        assert_eq!(
+            es.auth.as_ref().unwrap().api_key.as_deref(),
+            Some("c2VjcmV0")
+        );
+        assert_eq!(es.action, EsAction::Index);
+        assert!(es.generate_id);
+        assert_eq!(config.outputs["k"].concurrency(), 2);
+        assert_eq!(
+            config.outputs["k"].dead_letter().when_full,
+            DeadLetterWhenFull::Drop
+        );
+        assert_eq!(
+            config.outputs["es"].unready_after(),
+            Duration::from_secs(300)
+        );
     }
 
     #[test]

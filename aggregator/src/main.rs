@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use logferry_aggregator::app::output_buffer_dir;
 use logferry_aggregator::config::{Config, OutputConfig};
+use logferry_aggregator::outputs::{dead_letter, Output};
 use logferry_common::chunk::inspect_dir;
 use logferry_common::telemetry::{init_logging, LogFormat};
 
@@ -44,6 +46,50 @@ enum Command {
         /// A buffer directory (e.g. <buffer.path>/outputs/<name>).
         dir: PathBuf,
     },
+    /// Inspect or re-send an output's dead letters.
+    DeadLetter {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// List dead-letter files with their record counts and reasons (read-only).
+    List {
+        #[command(flatten)]
+        target: DeadLetterTarget,
+        /// Also print up to this many records of each file as JSON.
+        #[arg(long, default_value_t = 0)]
+        show: usize,
+    },
+    /// Re-send dead letters through the output as configured now (after a fix), deleting each
+    /// file once its records are delivered; records refused again are written back as new dead
+    /// letters with the new reason. Safe while the aggregator runs.
+    Replay {
+        #[command(flatten)]
+        target: DeadLetterTarget,
+        /// Give up on a file whose records still fail after this long (it stays).
+        #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+        timeout: std::time::Duration,
+        /// Only files holding at least one group of this kind (e.g. `rejected`, `too_large`).
+        #[arg(long)]
+        kind: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DeadLetterTarget {
+    /// The aggregator config.
+    #[arg(long, env = "LOGFERRY_CONFIG")]
+    config: PathBuf,
+    /// The output whose dead letters to use.
+    #[arg(long)]
+    output: String,
+}
+
+fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +115,7 @@ fn main() -> ExitCode {
             check_outputs,
         }) => validate(&config, check_outputs),
         Some(Command::Inspect { dir }) => inspect(&dir),
+        Some(Command::DeadLetter { command }) => dead_letter(command),
     }
 }
 
@@ -122,7 +169,7 @@ fn validate(path: &std::path::Path, check_outputs: bool) -> ExitCode {
     if check_outputs {
         let mut unreachable = 0;
         for (name, output) in &config.outputs {
-            match check_output(output) {
+            match check_output(name, output) {
                 Ok(what) => println!("output {name}: ok ({what})"),
                 Err(e) => {
                     unreachable += 1;
@@ -138,19 +185,128 @@ fn validate(path: &std::path::Path, check_outputs: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn check_output(output: &OutputConfig) -> anyhow::Result<String> {
-    match output {
-        OutputConfig::File(f) => {
-            std::fs::create_dir_all(&f.path)
-                .with_context(|| format!("cannot create {}", f.path.display()))?;
-            let probe = f.path.join(".logferry-write-check");
-            std::fs::write(&probe, b"ok")
-                .with_context(|| format!("cannot write in {}", f.path.display()))?;
-            let _ = std::fs::remove_file(&probe);
-            Ok(format!("{} is writable", f.path.display()))
+fn check_output(name: &str, output: &OutputConfig) -> anyhow::Result<String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let built = Output::build(name, output).await?;
+        let found = tokio::time::timeout(std::time::Duration::from_secs(15), built.check())
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within 15s"))??;
+        Ok(found)
+    })
+}
+
+/// `dead-letter list|replay`.
+fn dead_letter(command: DeadLetterCommand) -> ExitCode {
+    init_logging(LogFormat::Text, "warn");
+    let target = match &command {
+        DeadLetterCommand::List { target, .. } | DeadLetterCommand::Replay { target, .. } => target,
+    };
+    let config = match Config::load(&target.config).and_then(|c| c.validate().map(|()| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {}: {e}", target.config.display());
+            return ExitCode::from(EXIT_CONFIG);
         }
-        OutputConfig::Null(_) => Ok("discards everything".into()),
+    };
+    let Some(output) = config.outputs.get(&target.output) else {
+        eprintln!(
+            "error: no output named {:?} in {}",
+            target.output,
+            target.config.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let dir = dead_letter::dir_of(&output_buffer_dir(&config, &target.output));
+    let result = match &command {
+        DeadLetterCommand::List { show, .. } => dead_letter_list(&dir, *show),
+        DeadLetterCommand::Replay { timeout, kind, .. } => {
+            dead_letter_replay(&target.output, output, &dir, *timeout, kind.as_deref())
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn dead_letter_list(dir: &std::path::Path, show: usize) -> anyhow::Result<ExitCode> {
+    let files = dead_letter::list_files(dir)?;
+    let mut total = 0u64;
+    let mut by_kind: std::collections::BTreeMap<String, u64> = Default::default();
+    println!("dead letters in {}", dir.display());
+    for path in &files {
+        let file = match dead_letter::read_file(path) {
+            Ok(f) => f,
+            Err(e) => {
+                println!("{}: UNREADABLE: {e}", path.display());
+                continue;
+            }
+        };
+        total += file.records();
+        println!(
+            "{}  records={}  bad_frames={}",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            file.records(),
+            file.bad_frames
+        );
+        for g in &file.groups {
+            *by_kind.entry(g.kind.clone()).or_default() += u64::from(g.records);
+            println!(
+                "  {} record(s) tag={} kind={} chunk={} frame={} first_index={}: {}",
+                g.records, g.tag, g.kind, g.origin.seq, g.frame, g.first_index, g.reason
+            );
+        }
+        let recs = file.to_records().recs;
+        for rec in recs.iter().take(show) {
+            let mut json = Vec::new();
+            let _ = logferry_common::msgpack::write_json(&rec.record, &mut json);
+            println!(
+                "    {} {} {}",
+                rec.time.to_rfc3339(),
+                rec.tag,
+                String::from_utf8_lossy(&json)
+            );
+        }
+    }
+    let kinds: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k}={n}")).collect();
+    println!(
+        "{} file(s), {total} record(s){}{}",
+        files.len(),
+        if kinds.is_empty() { "" } else { ": " },
+        kinds.join(" ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dead_letter_replay(
+    name: &str,
+    output: &OutputConfig,
+    dir: &std::path::Path,
+    timeout: std::time::Duration,
+    kind: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = rt.block_on(dead_letter::replay(name, output, dir, timeout, kind))?;
+    println!(
+        "replayed {} file(s): {} record(s) delivered, {} dead again, {} file(s) left to retry",
+        report.files_done, report.delivered, report.dead_again, report.files_left
+    );
+    Ok(if report.files_left > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn inspect(dir: &std::path::Path) -> ExitCode {

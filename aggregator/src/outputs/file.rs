@@ -7,8 +7,8 @@
 //! ```
 //!
 //! ## Invariants
-//! - A chunk counts as delivered only after every file it wrote to was fsync'd, so deleting the
-//!   chunk afterwards can never lose a record.
+//! - Records count as delivered only after every file they were written to was fsync'd, so
+//!   deleting the chunk afterwards can never lose a record.
 //! - No partial line stays in a file: a delivery that fails half-way truncates each file it
 //!   touched back to where it started, and a crash half-way leaves at most a torn last line,
 //!   which is cut off before the next start's first write (the chunk is then delivered again).
@@ -19,13 +19,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use logferry_common::chunk::ChunkContents;
-use logferry_common::forward::Entries;
-use logferry_common::msgpack::write_json;
-use logferry_common::telemetry;
+use std::sync::Arc;
 
-use super::{Delivered, OutputError};
-use crate::payload;
+use logferry_common::msgpack::write_json;
+
+use super::{Attempt, Failure, Outcome, OutputError, Rec};
 
 /// Open files kept between deliveries; past this many, all are closed (tags are unbounded).
 const MAX_OPEN_FILES: usize = 256;
@@ -108,71 +106,62 @@ impl FileOutput {
         Ok(())
     }
 
-    /// Writes every record of the chunk and fsyncs the files it touched.
-    pub fn deliver(&mut self, contents: &ChunkContents) -> Result<Delivered, OutputError> {
+    /// Checks that the directory can be written (for `validate --check-outputs`).
+    pub fn check(&mut self) -> Result<String, OutputError> {
         self.prepare()?;
-        // Lines are gathered per file first, so each file gets one write and one fsync per chunk.
+        let probe = self.dir.join(".logferry-write-check");
+        std::fs::write(&probe, b"ok")
+            .map_err(|e| OutputError::io(&format!("cannot write in {}", self.dir.display()), e))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(format!("{} is writable", self.dir.display()))
+    }
+
+    /// Writes every record and fsyncs the files it touched: all delivered, or an error (and
+    /// nothing left behind).
+    pub fn send(&mut self, recs: &[Rec]) -> Result<Attempt, OutputError> {
+        self.prepare()?;
+        // Lines are gathered per file first, so each file gets one write and one fsync.
         let mut pending: HashMap<FileKey, Vec<u8>> = HashMap::new();
-        let mut records = 0u64;
+        let mut outcomes = Vec::with_capacity(recs.len());
         let mut tag_json = Vec::new();
         let mut run = Vec::new();
-        for frame in contents.frames() {
-            let payload = match payload::decode(frame.payload) {
-                Ok(p) => p,
-                Err(e) => {
-                    // The frame passed its CRC, so this is not disk damage but a foreign or
-                    // buggy writer; the frame is skipped and counted, never retried forever.
-                    tracing::error!(error = %e, "skipping an unreadable frame");
-                    telemetry::DROPPED_RECORDS
-                        .with_label_values(&["bad_payload"])
-                        .inc_by(u64::from(frame.records));
-                    continue;
+        // Lines of consecutive records of the same tag and hour gather in `run`; they nearly
+        // always share both, so the map is touched once per run.
+        let mut run_key: Option<(Arc<str>, u64)> = None;
+        let mut file_tag = String::new();
+        for rec in recs {
+            let hour = u64::from(rec.time.secs) / 3600;
+            let same = run_key
+                .as_ref()
+                .is_some_and(|(t, h)| Arc::ptr_eq(t, &rec.tag) && *h == hour);
+            if !same {
+                if let Some((_, h)) = run_key.take() {
+                    flush_run(&mut pending, &file_tag, h, &mut run);
                 }
-            };
-            let file_tag = sanitize_tag(payload.tag);
-            tag_json.clear();
-            json_string(payload.tag, &mut tag_json);
-            // Lines of consecutive records of the same hour gather in `run`; a frame's records
-            // nearly always share one hour, so the map is touched once per frame.
-            let mut run_hour = None;
-            for entry in Entries::new(payload.entries) {
-                let entry = match entry {
-                    Ok(entry) => entry,
-                    Err(e) => {
-                        tracing::error!(error = %e, "skipping the rest of an unreadable frame");
-                        telemetry::DROPPED_RECORDS
-                            .with_label_values(&["bad_payload"])
-                            .inc();
-                        break;
-                    }
-                };
-                let hour = u64::from(entry.time.secs) / 3600;
-                if run_hour != Some(hour) {
-                    if let Some(h) = run_hour {
-                        flush_run(&mut pending, &file_tag, h, &mut run);
-                    }
-                    run_hour = Some(hour);
-                }
-                let line_start = run.len();
-                run.extend_from_slice(b"{\"time\":\"");
-                entry.time.write_rfc3339(&mut run);
-                run.extend_from_slice(b"\",\"tag\":");
-                run.extend_from_slice(&tag_json);
-                run.extend_from_slice(b",\"record\":");
-                if let Err(e) = write_json(entry.record, &mut run) {
-                    run.truncate(line_start);
-                    tracing::error!(error = %e, "skipping a record that cannot be written as JSON");
-                    telemetry::DROPPED_RECORDS
-                        .with_label_values(&["bad_payload"])
-                        .inc();
-                } else {
-                    run.extend_from_slice(b"}\n");
-                    records += 1;
-                }
+                file_tag = sanitize_tag(&rec.tag);
+                tag_json.clear();
+                json_string(&rec.tag, &mut tag_json);
+                run_key = Some((Arc::clone(&rec.tag), hour));
             }
-            if let Some(h) = run_hour {
-                flush_run(&mut pending, &file_tag, h, &mut run);
+            let line_start = run.len();
+            run.extend_from_slice(b"{\"time\":\"");
+            rec.time.write_rfc3339(&mut run);
+            run.extend_from_slice(b"\",\"tag\":");
+            run.extend_from_slice(&tag_json);
+            run.extend_from_slice(b",\"record\":");
+            if let Err(e) = write_json(&rec.record, &mut run) {
+                run.truncate(line_start);
+                outcomes.push(Outcome::Reject(Failure::new(
+                    "unencodable",
+                    format!("record cannot be written as JSON: {e}"),
+                )));
+            } else {
+                run.extend_from_slice(b"}\n");
+                outcomes.push(Outcome::Delivered);
             }
+        }
+        if let Some((_, h)) = run_key {
+            flush_run(&mut pending, &file_tag, h, &mut run);
         }
 
         let mut bytes = 0u64;
@@ -203,7 +192,7 @@ impl FileOutput {
         if self.files.len() > MAX_OPEN_FILES {
             self.files.clear();
         }
-        Ok(Delivered { records, bytes })
+        Ok(Attempt { outcomes, bytes })
     }
 
     fn file(&mut self, key: &FileKey) -> Result<&mut File, OutputError> {

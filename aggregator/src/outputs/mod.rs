@@ -1,44 +1,105 @@
 //! Outputs: one worker per output reads its buffer's sealed chunks, delivers them, and deletes a
-//! chunk only once every record in it was delivered.
+//! chunk only once every record in it was delivered or written to dead letters.
 //!
 //! ## Operation
-//! The worker takes sealed chunks in order from the output's own buffer, reads and verifies the
-//! chunk (bad frames are skipped and counted by the buffer), and hands the contents to the
-//! output. A failed delivery is retried with exponential backoff and full jitter
-//! (`retry.initial` doubling up to `retry.max_interval`); after `retry.timeout` (unless
-//! `retry.forever`) the chunk file is moved, unchanged, to the buffer's `dead-letter/`
-//! directory and counted, so one poisonous chunk cannot stall the output forever. Each output has
-//! its own buffer and worker, so a slow or dead output holds back only its own buffer.
+//! ```text
+//! sealed chunk -> read + verify (blocking pool) -> records [(frame, entry, tag, time, map)]
+//!   -> attempt: sink.send(pending)  -- the sink batches to its own limits and says, per record:
+//!        Delivered | Retry(kind, reason) | Reject(kind, reason)
+//!      or fails as a whole (connection refused, HTTP 5xx, ...: every pending record retries)
+//!   -> pending = the Retry records; wait (exponential backoff, full jitter, retry.max_interval)
+//!   -> after retry.timeout (unless retry.forever): pending -> dead letters ("retry_timeout")
+//!   -> Reject records -> dead letters (dead_letter.rs), durable before the chunk is released
+//!   -> buffer.release(chunk)
+//! ```
+//! The framework owns the retry loop, dead letters, metrics and health; a sink only encodes,
+//! batches and classifies (see [`Outcome`]). Only the records that still need it are sent
+//! again, so a bulk request with one 429 item re-sends one document, not the chunk.
 //!
-//! On shutdown the worker keeps delivering until its buffer is closed and drained, or until the
-//! shutdown deadline cancels it; whatever is not delivered by then stays on disk for the next
-//! start.
+//! ## Invariants
+//! - A chunk is released only after each of its records was delivered or is durable in the
+//!   dead-letter directory. A dead-letter write that fails (disk error, or the directory is full
+//!   with `when_full = "block"`) keeps the chunk in the buffer; it is retried later.
+//! - Records too large for the sink on their own are rejected by the sink (dead letters); they
+//!   never block the queue.
+//! - Each output has its own buffer, worker and health: a dead or slow output holds back only
+//!   its own buffer (and, at its limit, what `overflow_action` says), never another output.
+//! - On shutdown the worker keeps delivering until its buffer is closed and drained, or until
+//!   the shutdown deadline cancels it; whatever is not delivered by then stays on disk.
+//!
+//! ## Health
+//! An output counts as failing from the first attempt with a failure (whole or per record, but
+//! not rejections, which are the records' fault) until an attempt fully succeeds.
+//! `logferry_output_failing_seconds{output}` shows for how long; past `unready_after`,
+//! `logferry_output_ready{output}` drops to 0 and `/readyz` answers 503.
 
+pub mod dead_letter;
+#[cfg(feature = "elasticsearch")]
+pub mod elasticsearch;
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod null;
+pub mod record;
+#[cfg(feature = "stackdriver")]
+pub mod stackdriver;
+pub mod template;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use logferry_common::backoff::Backoff;
-use logferry_common::chunk::{Buffer, ChunkContents, ChunkError, SealedChunk, SealedReceiver};
+use logferry_common::chunk::{Buffer, ChunkError, SealedChunk, SealedReceiver};
 use logferry_common::telemetry;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{OutputConfig, RetryConfig};
+pub use dead_letter::DeadLetters;
+pub use record::{Rec, Records};
 
-/// What one delivery accomplished.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Delivered {
-    /// Records delivered.
-    pub records: u64,
-    /// Bytes written to the sink (in the sink's format).
+/// What happened to one record in one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The sink has it.
+    Delivered,
+    /// Try again later (429, 5xx, timeouts, broker unavailable, ...).
+    Retry(Failure),
+    /// The sink refuses this record for good (mapping error, too large, ...): dead letters.
+    Reject(Failure),
+}
+
+/// Why a record failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Bounded label: the `kind` of `logferry_output_errors_total` for retries, the `reason` of
+    /// `logferry_dead_letter_records_total` for rejections.
+    pub kind: &'static str,
+    /// What the sink said (stored with dead letters; may be long).
+    pub reason: String,
+}
+
+impl Failure {
+    /// A failure.
+    pub fn new(kind: &'static str, reason: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The result of one attempt at a list of records.
+#[derive(Debug, Clone, Default)]
+pub struct Attempt {
+    /// One outcome per record sent, in order.
+    pub outcomes: Vec<Outcome>,
+    /// Bytes the sink accepted, in its format (before compression).
     pub bytes: u64,
 }
 
-/// A failed delivery.
+/// A failed attempt as a whole: every record in it is retried.
 #[derive(Debug, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct OutputError {
@@ -49,6 +110,14 @@ pub struct OutputError {
 }
 
 impl OutputError {
+    /// An error.
+    pub fn new(kind: &'static str, message: impl Into<String>) -> OutputError {
+        OutputError {
+            kind,
+            message: message.into(),
+        }
+    }
+
     /// An IO failure of a local sink.
     pub fn io(context: &str, e: std::io::Error) -> OutputError {
         OutputError {
@@ -61,62 +130,157 @@ impl OutputError {
 /// A configured output.
 #[derive(Debug, Clone)]
 pub enum Output {
-    /// JSON lines in local files. Behind a mutex because deliveries run on the blocking pool;
-    /// only the worker ever takes it, so it is never contended.
+    /// JSON lines in local files. Behind a mutex because deliveries run on the blocking pool.
     File(Arc<Mutex<file::FileOutput>>),
     /// Discards records.
     Null(null::NullOutput),
+    /// Elasticsearch `_bulk`.
+    #[cfg(feature = "elasticsearch")]
+    Elasticsearch(Arc<elasticsearch::EsOutput>),
+    /// Kafka producer.
+    #[cfg(feature = "kafka")]
+    Kafka(Arc<kafka::KafkaOutput>),
+    /// Cloud Logging.
+    #[cfg(feature = "stackdriver")]
+    Stackdriver(Arc<stackdriver::GclOutput>),
 }
 
 impl Output {
     /// Builds the output from its config. Sinks are not contacted here: an unreachable sink
-    /// must not stop the aggregator from buffering.
-    pub fn build(config: &OutputConfig) -> Result<Output, OutputError> {
+    /// must not stop the aggregator from buffering (index templates, metadata lookups and
+    /// connections happen on the first delivery, and are retried like one).
+    pub async fn build(name: &str, config: &OutputConfig) -> Result<Output, OutputError> {
+        let _ = name;
         Ok(match config {
             OutputConfig::File(c) => {
                 Output::File(Arc::new(Mutex::new(file::FileOutput::new(&c.path))))
             }
             OutputConfig::Null(_) => Output::Null(null::NullOutput),
+            #[cfg(feature = "elasticsearch")]
+            OutputConfig::Elasticsearch(c) => {
+                Output::Elasticsearch(Arc::new(elasticsearch::EsOutput::new(name, c)?))
+            }
+            #[cfg(feature = "kafka")]
+            OutputConfig::Kafka(c) => Output::Kafka(Arc::new(kafka::KafkaOutput::new(name, c)?)),
+            #[cfg(feature = "stackdriver")]
+            OutputConfig::Stackdriver(c) => {
+                Output::Stackdriver(Arc::new(stackdriver::GclOutput::new(name, c).await?))
+            }
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(OutputError::new(
+                    "unsupported",
+                    format!(
+                        "this build has no {} output (rebuild with cargo feature `{}`)",
+                        other.type_name(),
+                        other.type_name()
+                    ),
+                ))
+            }
         })
     }
 
-    /// Delivers every record of a chunk.
-    async fn deliver(&self, contents: Arc<ChunkContents>) -> Result<Delivered, OutputError> {
+    /// Sends records once. Per-record outcomes come back in order; an `Err` means nothing was
+    /// delivered and every record is retried.
+    pub async fn send(&self, recs: &[Rec]) -> Result<Attempt, OutputError> {
         match self {
             Output::File(out) => {
                 let out = Arc::clone(out);
+                let recs = recs.to_vec();
                 // File IO and JSON encoding block; they run on the blocking pool so the Forward
                 // connections on the async workers are never stalled by a slow disk.
                 tokio::task::spawn_blocking(move || {
                     let mut out = out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                    out.deliver(&contents)
+                    out.send(&recs)
                 })
                 .await
-                .unwrap_or_else(|e| {
-                    // A panic is a bug; it must cost a retry, not the worker or the process.
-                    Err(OutputError {
-                        kind: "panic",
-                        message: e.to_string(),
-                    })
-                })
+                .unwrap_or_else(|e| Err(OutputError::new("panic", e.to_string())))
             }
-            Output::Null(out) => Ok(out.deliver(&contents)),
+            Output::Null(out) => Ok(out.send(recs)),
+            #[cfg(feature = "elasticsearch")]
+            Output::Elasticsearch(out) => out.send(recs).await,
+            #[cfg(feature = "kafka")]
+            Output::Kafka(out) => out.send(recs).await,
+            #[cfg(feature = "stackdriver")]
+            Output::Stackdriver(out) => out.send(recs).await,
+        }
+    }
+
+    /// Contacts the sink once (for `validate --check-outputs`); returns what was found.
+    pub async fn check(&self) -> Result<String, OutputError> {
+        match self {
+            Output::File(out) => {
+                let out = Arc::clone(out);
+                tokio::task::spawn_blocking(move || {
+                    out.lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .check()
+                })
+                .await
+                .unwrap_or_else(|e| Err(OutputError::new("panic", e.to_string())))
+            }
+            Output::Null(_) => Ok("discards everything".into()),
+            #[cfg(feature = "elasticsearch")]
+            Output::Elasticsearch(out) => out.check().await,
+            #[cfg(feature = "kafka")]
+            Output::Kafka(out) => out.check().await,
+            #[cfg(feature = "stackdriver")]
+            Output::Stackdriver(out) => out.check().await,
+        }
+    }
+
+    /// Flushes and stops background work (the Kafka producer's queue).
+    pub async fn close(&self) {
+        #[cfg(feature = "kafka")]
+        if let Output::Kafka(out) = self {
+            out.close().await;
         }
     }
 }
 
 /// Shared state of an output worker, read by `/readyz` and the metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OutputHealth {
+    /// The output's name.
+    name: String,
     /// Unix millis since when deliveries have been failing, 0 when healthy.
     failing_since_ms: AtomicU64,
+    /// Failing longer than this makes the aggregator unready (zero: never).
+    unready_after: Duration,
 }
 
 impl OutputHealth {
+    /// Health of output `name`.
+    pub fn new(name: &str, unready_after: Duration) -> OutputHealth {
+        OutputHealth {
+            name: name.to_owned(),
+            failing_since_ms: AtomicU64::new(0),
+            unready_after,
+        }
+    }
+
+    /// The output's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// How long the output has been failing, if it is.
     pub fn failing_for(&self) -> Option<Duration> {
         let since = self.failing_since_ms.load(Ordering::Relaxed);
         (since != 0).then(|| Duration::from_millis(unix_millis().saturating_sub(since)))
+    }
+
+    /// `Err(why)` when the output has been failing longer than `unready_after`.
+    pub fn readiness(&self) -> Result<(), String> {
+        match self.failing_for() {
+            Some(d) if !self.unready_after.is_zero() && d >= self.unready_after => Err(format!(
+                "output {} has been failing for {}s (unready_after = {}s)",
+                self.name,
+                d.as_secs(),
+                self.unready_after.as_secs()
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn set_failing(&self, failing: bool) {
@@ -130,6 +294,18 @@ impl OutputHealth {
         } else {
             self.failing_since_ms.store(0, Ordering::Relaxed);
         }
+        self.publish();
+    }
+
+    /// Updates `logferry_output_failing_seconds` and `logferry_output_ready`.
+    pub fn publish(&self) {
+        let secs = self.failing_for().map_or(0, |d| d.as_secs());
+        telemetry::OUTPUT_FAILING_SECONDS
+            .with_label_values(&[&self.name])
+            .set(secs as i64);
+        telemetry::OUTPUT_READY
+            .with_label_values(&[&self.name])
+            .set(i64::from(self.readiness().is_ok()));
     }
 }
 
@@ -153,10 +329,21 @@ pub struct Worker {
     pub sealed: SealedReceiver,
     /// Retry settings.
     pub retry: RetryConfig,
-    /// Where chunks go after `retry.timeout`.
-    pub dead_letter_dir: PathBuf,
+    /// Chunks delivered at once.
+    pub concurrency: usize,
+    /// Where undeliverable records go.
+    pub dead_letters: Arc<DeadLetters>,
     /// Health, shared with the admin endpoint.
     pub health: Arc<OutputHealth>,
+}
+
+/// What one chunk's delivery ended with.
+#[derive(Debug, PartialEq, Eq)]
+enum ChunkEnd {
+    /// Every record delivered or dead-lettered: release the chunk.
+    Done,
+    /// The shutdown deadline cancelled it: the chunk stays on disk.
+    Cancelled,
 }
 
 impl Worker {
@@ -168,137 +355,272 @@ impl Worker {
             buffer,
             mut sealed,
             retry,
-            dead_letter_dir,
+            concurrency,
+            dead_letters,
             health,
         } = self;
+        let ctx = Arc::new(Ctx {
+            name: name.clone(),
+            output: output.clone(),
+            retry,
+            dead_letters,
+            health: Arc::clone(&health),
+        });
+        // Keeps the health gauges current while the output is failing.
+        let ticker_stop = CancellationToken::new();
+        let ticker = {
+            let stop = ticker_stop.clone();
+            let health = Arc::clone(&health);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => health.publish(),
+                        () = stop.cancelled() => break,
+                    }
+                }
+            })
+        };
+        let mut running: JoinSet<()> = JoinSet::new();
         loop {
+            while running.len() >= concurrency.max(1) {
+                tokio::select! {
+                    _ = running.join_next() => {}
+                    () = hard_stop.cancelled() => break,
+                }
+            }
+            if hard_stop.is_cancelled() {
+                break;
+            }
             let chunk = tokio::select! {
                 chunk = sealed.recv() => chunk,
                 () = hard_stop.cancelled() => break,
             };
             let Some(chunk) = chunk else { break };
-            let delivered = deliver_chunk(
-                &name,
-                &output,
-                &chunk,
-                &retry,
-                &dead_letter_dir,
-                &health,
-                &hard_stop,
-            )
-            .await;
-            if !delivered {
-                // Cancelled mid-delivery: the chunk stays on disk for the next start.
-                return;
-            }
-            if let Err(e) = buffer.release(&chunk) {
-                tracing::error!(output = %name, seq = chunk.seq, error = %e, "cannot delete a delivered chunk");
-            }
+            let ctx = Arc::clone(&ctx);
+            let buffer = buffer.clone();
+            let stop = hard_stop.clone();
+            running.spawn(async move {
+                if deliver_chunk(&ctx, &chunk, &stop).await == ChunkEnd::Done {
+                    if let Err(e) = buffer.release(&chunk) {
+                        tracing::error!(output = %ctx.name, seq = chunk.seq, error = %e, "cannot delete a delivered chunk");
+                    }
+                }
+            });
         }
+        while running.join_next().await.is_some() {}
+        output.close().await;
+        ticker_stop.cancel();
+        let _ = ticker.await;
         tracing::info!(output = %name, "output worker stopped");
     }
 }
 
-/// Delivers one chunk with retries (or moves it to dead letters). Returns `false` when the
-/// shutdown deadline cancelled the delivery and the chunk must stay in the buffer.
-async fn deliver_chunk(
-    name: &str,
-    output: &Output,
-    chunk: &SealedChunk,
-    retry: &RetryConfig,
-    dead_letter_dir: &std::path::Path,
-    health: &OutputHealth,
-    hard_stop: &CancellationToken,
-) -> bool {
-    let first_attempt = Instant::now();
-    let mut backoff = Backoff::new(retry.initial, retry.max_interval);
-    loop {
-        let started = Instant::now();
-        // Reading loads and verifies the whole chunk file: blocking IO, off the async workers.
+/// What a chunk delivery shares.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) name: String,
+    pub(crate) output: Output,
+    pub(crate) retry: RetryConfig,
+    pub(crate) dead_letters: Arc<DeadLetters>,
+    pub(crate) health: Arc<OutputHealth>,
+}
+
+/// Delivers one chunk: reads it, sends its records until each is delivered or dead.
+async fn deliver_chunk(ctx: &Ctx, chunk: &SealedChunk, hard_stop: &CancellationToken) -> ChunkEnd {
+    let mut backoff = Backoff::new(ctx.retry.initial, ctx.retry.max_interval);
+    // Reading loads and verifies the whole chunk file: blocking IO, off the async workers.
+    let records = loop {
         let to_read = chunk.clone();
-        let read = tokio::task::spawn_blocking(move || to_read.read())
-            .await
-            .unwrap_or_else(|e| {
-                Err(ChunkError::Io {
-                    op: "read chunk",
-                    path: chunk.path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            });
-        let result = match read {
-            Ok(contents) => output.deliver(Arc::new(contents)).await,
-            Err(ChunkError::Gone { .. }) => {
-                // drop_oldest_chunk removed it while queued; nothing left to deliver.
-                return true;
+        let read = tokio::task::spawn_blocking(move || {
+            to_read.read().map(|contents| {
+                let origin = record::Origin::of(&to_read);
+                Records::from_chunk(&contents, origin)
+            })
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ChunkError::Io {
+                op: "read chunk",
+                path: chunk.path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        });
+        match read {
+            Ok(records) => break records,
+            // drop_oldest_chunk removed it while queued; nothing left to deliver.
+            Err(ChunkError::Gone { .. }) => return ChunkEnd::Done,
+            Err(e) => {
+                ctx.health.set_failing(true);
+                telemetry::OUTPUT_ERRORS
+                    .with_label_values(&[&ctx.name, "chunk_read"])
+                    .inc();
+                let wait = backoff.next_wait();
+                tracing::error!(output = %ctx.name, seq = chunk.seq, error = %e, retry_in = ?wait, "cannot read a chunk");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = hard_stop.cancelled() => return ChunkEnd::Cancelled,
+                }
             }
-            Err(e) => Err(OutputError {
-                kind: "chunk_read",
-                message: e.to_string(),
-            }),
+        }
+    };
+    let started = Instant::now();
+    let Some(dead) = deliver_records(ctx, records.recs, &ctx.retry, hard_stop).await else {
+        return ChunkEnd::Cancelled;
+    };
+    if !dead.is_empty() && !write_dead_letters(ctx, &dead, hard_stop).await {
+        return ChunkEnd::Cancelled;
+    }
+    telemetry::OUTPUT_FLUSH_DURATION
+        .with_label_values(&[&ctx.name])
+        .observe(started.elapsed().as_secs_f64());
+    ChunkEnd::Done
+}
+
+/// A record bound for dead letters.
+#[derive(Debug, Clone)]
+pub struct DeadItem {
+    /// The record.
+    pub rec: Rec,
+    /// Why.
+    pub failure: Failure,
+}
+
+/// Sends `recs` until each is delivered or rejected, retrying with backoff; after
+/// `retry.timeout` (unless `forever`) the rest is given up ("retry_timeout"). Returns the
+/// records for dead letters, or `None` when `hard_stop` cancelled it.
+pub(crate) async fn deliver_records(
+    ctx: &Ctx,
+    recs: Vec<Rec>,
+    retry: &RetryConfig,
+    hard_stop: &CancellationToken,
+) -> Option<Vec<DeadItem>> {
+    let name = ctx.name.as_str();
+    let mut pending = recs;
+    let mut dead = Vec::new();
+    let mut backoff = Backoff::new(retry.initial, retry.max_interval);
+    let mut first_failure: Option<Instant> = None;
+    while !pending.is_empty() {
+        let attempt = tokio::select! {
+            a = ctx.output.send(&pending) => a,
+            () = hard_stop.cancelled() => return None,
         };
-        match result {
-            Ok(delivered) => {
+        let mut last: Option<Failure> = None;
+        match attempt {
+            Ok(attempt) if attempt.outcomes.len() == pending.len() => {
+                let mut delivered = 0u64;
+                let mut kinds: Vec<&'static str> = Vec::new();
+                let mut still = Vec::new();
+                for (rec, outcome) in pending.into_iter().zip(attempt.outcomes) {
+                    match outcome {
+                        Outcome::Delivered => delivered += 1,
+                        Outcome::Retry(f) => {
+                            if !kinds.contains(&f.kind) {
+                                kinds.push(f.kind);
+                            }
+                            last = Some(f);
+                            still.push(rec);
+                        }
+                        Outcome::Reject(failure) => dead.push(DeadItem { rec, failure }),
+                    }
+                }
                 telemetry::OUTPUT_RECORDS
                     .with_label_values(&[name])
-                    .inc_by(delivered.records);
+                    .inc_by(delivered);
                 telemetry::OUTPUT_BYTES
                     .with_label_values(&[name])
-                    .inc_by(delivered.bytes);
-                telemetry::OUTPUT_FLUSH_DURATION
-                    .with_label_values(&[name])
-                    .observe(started.elapsed().as_secs_f64());
-                health.set_failing(false);
-                return true;
+                    .inc_by(attempt.bytes);
+                for kind in kinds {
+                    telemetry::OUTPUT_ERRORS
+                        .with_label_values(&[name, kind])
+                        .inc();
+                }
+                pending = still;
+            }
+            Ok(attempt) => {
+                // A sink bug; retrying everything is the safe reading.
+                let f = Failure::new(
+                    "internal",
+                    format!(
+                        "sink returned {} outcomes for {} records",
+                        attempt.outcomes.len(),
+                        pending.len()
+                    ),
+                );
+                telemetry::OUTPUT_ERRORS
+                    .with_label_values(&[name, f.kind])
+                    .inc();
+                last = Some(f);
             }
             Err(e) => {
-                health.set_failing(true);
                 telemetry::OUTPUT_ERRORS
                     .with_label_values(&[name, e.kind])
                     .inc();
-                if !retry.forever
-                    && first_attempt.elapsed() >= retry.timeout
-                    && dead_letter(name, chunk, dead_letter_dir, &e)
-                {
-                    return true;
-                }
+                last = Some(Failure::new(e.kind, e.message));
+            }
+        }
+        let Some(last) = last else {
+            ctx.health.set_failing(false);
+            break;
+        };
+        ctx.health.set_failing(true);
+        let since = *first_failure.get_or_insert_with(Instant::now);
+        if !retry.forever && since.elapsed() >= retry.timeout {
+            tracing::error!(
+                output = %name, records = pending.len(), error = %last.reason,
+                "retry timeout reached; records go to dead letters"
+            );
+            let reason = format!(
+                "retry timeout after {:?}; last error: {}: {}",
+                retry.timeout, last.kind, last.reason
+            );
+            dead.extend(pending.drain(..).map(|rec| DeadItem {
+                rec,
+                failure: Failure::new("retry_timeout", reason.clone()),
+            }));
+            break;
+        }
+        let wait = backoff.next_wait();
+        tracing::warn!(output = %name, records = pending.len(), kind = last.kind, error = %last.reason, retry_in = ?wait, "delivery failed");
+        telemetry::OUTPUT_RETRIES.with_label_values(&[name]).inc();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = hard_stop.cancelled() => return None,
+        }
+    }
+    Some(dead)
+}
+
+/// Writes dead letters durably, retrying until it works (or the directory is full and
+/// `when_full = "drop"`). Returns `false` when `hard_stop` cancelled it.
+async fn write_dead_letters(ctx: &Ctx, dead: &[DeadItem], hard_stop: &CancellationToken) -> bool {
+    let mut backoff = Backoff::new(ctx.retry.initial, ctx.retry.max_interval);
+    loop {
+        let dl = Arc::clone(&ctx.dead_letters);
+        let items = dead.to_vec();
+        let written = tokio::task::spawn_blocking(move || dl.write(&items))
+            .await
+            .unwrap_or_else(|e| {
+                Err(dead_letter::DeadLetterError::Io {
+                    op: "write",
+                    path: ctx.dead_letters.dir().to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
+        match written {
+            Ok(()) => return true,
+            Err(e) => {
+                ctx.health.set_failing(true);
+                telemetry::OUTPUT_ERRORS
+                    .with_label_values(&[&ctx.name, "dead_letter"])
+                    .inc();
                 let wait = backoff.next_wait();
-                tracing::warn!(output = %name, seq = chunk.seq, error = %e, retry_in = ?wait, "delivery failed");
-                telemetry::OUTPUT_RETRIES.with_label_values(&[name]).inc();
+                tracing::error!(output = %ctx.name, records = dead.len(), error = %e, retry_in = ?wait, "cannot write dead letters; the chunk stays in the buffer");
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = hard_stop.cancelled() => return false,
                 }
             }
-        }
-    }
-}
-
-/// Moves an undeliverable chunk file, unchanged, to the dead-letter directory. Returns whether
-/// it moved; if not, the chunk must stay in the buffer (the caller keeps retrying it).
-fn dead_letter(
-    name: &str,
-    chunk: &SealedChunk,
-    dir: &std::path::Path,
-    error: &OutputError,
-) -> bool {
-    let moved = std::fs::create_dir_all(dir).and_then(|()| {
-        let file_name = chunk.path.file_name().unwrap_or_default();
-        std::fs::rename(&chunk.path, dir.join(file_name))
-    });
-    match moved {
-        Ok(()) => {
-            telemetry::DEAD_LETTER_RECORDS
-                .with_label_values(&[name, "retry_timeout"])
-                .inc_by(chunk.records);
-            tracing::error!(
-                output = %name, seq = chunk.seq, records = chunk.records, error = %error,
-                dir = %dir.display(), "retry timeout reached; chunk moved to dead letters"
-            );
-            true
-        }
-        Err(e) => {
-            tracing::error!(output = %name, seq = chunk.seq, error = %e, "cannot move chunk to dead letters; it stays in the buffer");
-            false
         }
     }
 }

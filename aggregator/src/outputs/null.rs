@@ -1,22 +1,18 @@
 //! `type = "null"`: counts and discards records. For benchmarks of the ingest path, where the
 //! output must cost nothing.
 
-use logferry_common::chunk::ChunkContents;
-
-use super::Delivered;
+use super::{Attempt, Outcome, Rec};
 
 /// The null output.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NullOutput;
 
 impl NullOutput {
-    /// Counts the chunk's records as delivered.
-    pub fn deliver(&self, contents: &ChunkContents) -> Delivered {
-        let mut delivered = Delivered::default();
-        for frame in contents.frames() {
-            delivered.records += u64::from(frame.records);
-            delivered.bytes += frame.payload.len() as u64;
+    /// Counts the records as delivered.
+    pub fn send(&self, recs: &[Rec]) -> Attempt {
+        Attempt {
+            outcomes: vec![Outcome::Delivered; recs.len()],
+            bytes: recs.iter().map(|r| r.record.len() as u64).sum(),
         }
-        delivered
     }
 }

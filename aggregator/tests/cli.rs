@@ -1,0 +1,102 @@
+//! Talks to: the real `logferry-aggregator` binary, through its command line only.
+//!
+//! `validate` is part of the interface contract: exit 0 for a valid file, exit 78 listing every
+//! error with its key path otherwise.
+
+use std::process::Command;
+
+fn aggregator() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_logferry-aggregator"))
+}
+
+#[test]
+fn validate_lists_every_error_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[server]
+listen = "not an address"
+max_connections = 0
+[buffer]
+total_limit_size = "1KiB"
+[[route]]
+match = "app.{web"
+outputs = ["nowhere"]
+[outputs.out]
+type = "file"
+path = "/tmp/x"
+"#,
+    )
+    .unwrap();
+    let out = aggregator()
+        .arg("validate")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    for key in [
+        "server.listen",
+        "server.max_connections",
+        "buffer.total_limit_size",
+        "route[0].match",
+        "route[0].outputs",
+        "outputs.out",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+}
+
+#[test]
+fn validate_reports_syntax_errors_with_a_line_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n",
+    )
+    .unwrap();
+    let out = aggregator()
+        .arg("validate")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("listen_port") && stderr.contains("line 3"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_accepts_a_valid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("good.toml");
+    let out_dir = dir.path().join("out");
+    std::fs::write(
+        &path,
+        format!(
+            "[[route]]\nmatch = \"**\"\noutputs = [\"f\"]\n[outputs.f]\ntype = \"file\"\npath = {:?}\n",
+            out_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = aggregator()
+        .args(["validate", "--check-outputs", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("output f: ok"), "{stdout}");
+}
