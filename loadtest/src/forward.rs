@@ -6,9 +6,16 @@
 //! unacknowledged requests in flight. Acks are matched by chunk id; an unknown ack is a protocol
 //! error. With `--retry-for`, a broken connection is re-established and every unacknowledged request
 //! is written again with the same chunk id (at-least-once), until acked or the time runs out.
+//!
+//! How much is sent: `--records N`, or `--duration T` (a soak: new batches are claimed until T has
+//! passed), or both (whichever ends first); how fast: unpaced, `--rate R`, or `--ramp FROM:TO:T`
+//! (a linear ramp that then holds TO, to find where the receiver stops keeping up: the summary's
+//! `saturation` is the first second the achieved rate fell below 90% of the target). A ticker
+//! samples the counters every second into the summary's `timeline` and shows them as a progress
+//! bar on a terminal, or as plain lines otherwise.
 
-use std::collections::VecDeque;
-use std::io::Write as _;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{IsTerminal as _, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,8 +32,11 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::record::{BatchTemplate, RecordShape};
-use crate::stats::{human, progress_line, Counters, Latencies, LatencySummary, Pacer};
+use crate::record::{BatchTemplate, RecordShape, Shape};
+use crate::stats::{
+    human, parse_ramp, saturation, Counters, IntervalLatencies, Latencies, LatencySummary, Pacer,
+    Schedule, Tick,
+};
 
 #[derive(Debug, Clone, Args)]
 pub struct ForwardArgs {
@@ -34,11 +44,22 @@ pub struct ForwardArgs {
     #[arg(long)]
     pub target: String,
     /// How many records to send in total.
-    #[arg(long)]
-    pub records: u64,
+    #[arg(long, required_unless_present_any = ["duration", "ramp"])]
+    pub records: Option<u64>,
+    /// Send for this long (a soak); with `--records` too, whichever ends first. With `--ramp` and
+    /// neither, the run ends with the ramp.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
     /// Steady rate in records per second, over all connections (default: as fast as possible).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ramp")]
     pub rate: Option<f64>,
+    /// Ramp the rate linearly from FROM to TO records/s over DURATION, then hold TO
+    /// (e.g. `1000:300000:60s`).
+    #[arg(long, value_parser = parse_ramp, value_name = "FROM:TO:DURATION")]
+    pub ramp: Option<Schedule>,
+    /// Record shape.
+    #[arg(long, value_enum, default_value_t = Shape::K8s)]
+    pub shape: Shape,
     /// Records per PackedForward request.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: u32,
@@ -76,9 +97,12 @@ pub struct ForwardArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
-    /// No per-second progress lines on stderr.
+    /// No progress bar or per-second lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Leave the per-second timeline out of the `--json` summary.
+    #[arg(long)]
+    pub no_timeline: bool,
 }
 
 /// `"0"` or a humantime duration (`"500ms"`, `"30s"`, `"2m"`).
@@ -96,8 +120,11 @@ pub struct Summary {
     pub run_id: String,
     pub tag: String,
     pub target: String,
-    /// Records requested.
+    /// Records of the run: every seq in `0..records` was claimed (with `--duration`, what was
+    /// claimed before the time ran out).
     pub records: u64,
+    /// `--records` as given (null for a timed run).
+    pub records_requested: Option<u64>,
     /// Records completely written to a socket at least once.
     pub sent: u64,
     /// Records acknowledged (null without `--ack`).
@@ -115,13 +142,25 @@ pub struct Summary {
     pub batch: u32,
     pub gzip: bool,
     pub ack: bool,
+    pub shape: Shape,
+    /// The schedule as given (`rate 5000/s`, `ramp 1000->50000/s over 30s`), null if unpaced.
+    pub schedule: Option<String>,
+    /// The best one-second rate of acked (with `--ack`) or sent records.
+    pub peak_per_sec: f64,
+    /// For a paced run: the first second the achieved rate stayed below 90% of the target.
+    pub saturation: Option<Tick>,
+    /// What `verify --expect-file` reads: records per source (`-`: this run's single sequence).
+    pub expected: BTreeMap<String, u64>,
+    /// One entry per second.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<Tick>,
     pub errors: Vec<String>,
 }
 
 impl Summary {
     pub fn text(&self) -> String {
         let mut s = format!(
-            "run {} tag {} -> {}: {} records requested, {} sent{}, {} bytes in {:.2}s: {} records/s, {:.1} MB/s",
+            "run {} tag {} -> {}: {} records, {} sent{}, {} bytes in {:.2}s: {} records/s, {:.1} MB/s",
             self.run_id,
             self.tag,
             self.target,
@@ -137,6 +176,26 @@ impl Summary {
             s += &format!(
                 "\nack latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
                 l.p50_ms, l.p99_ms, l.max_ms
+            );
+        }
+        s += &format!(
+            "\npeak {}/s{}",
+            human(self.peak_per_sec),
+            self.schedule
+                .as_ref()
+                .map(|d| format!(", schedule {d}"))
+                .unwrap_or_default()
+        );
+        if let Some(t) = &self.saturation {
+            s += &format!(
+                "\nsaturated at {:.0}s: target {}/s, achieved {}/s",
+                t.t,
+                human(t.target_rate.unwrap_or(0.0)),
+                human(if self.ack {
+                    t.acked_per_sec
+                } else {
+                    t.sent_per_sec
+                })
             );
         }
         s += &format!("\nresends {}, reconnects {}", self.resends, self.reconnects);
@@ -178,6 +237,8 @@ struct Shared {
     window: usize,
     batch: u64,
     total: u64,
+    /// No new batch is claimed after this.
+    deadline: Option<Instant>,
     retry_for: Duration,
     ack_timeout: Duration,
     connect_timeout: Duration,
@@ -186,16 +247,29 @@ struct Shared {
     pacer: Option<Pacer>,
     abort: AtomicBool,
     counters: Counters,
+    latencies: IntervalLatencies,
 }
 
 impl Shared {
     /// Claims the next batch of sequence numbers: `(first, count)`.
     fn claim(&self) -> Option<(u64, u64)> {
-        if self.abort.load(Relaxed) {
+        if self.exhausted() {
             return None;
         }
         let first = self.next_seq.fetch_add(self.batch, Relaxed);
         (first < self.total).then(|| (first, self.batch.min(self.total - first)))
+    }
+
+    /// No more batches will be claimed.
+    fn exhausted(&self) -> bool {
+        self.abort.load(Relaxed)
+            || self.next_seq.load(Relaxed) >= self.total
+            || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Records claimed so far: seqs `0..claimed`.
+    fn claimed(&self) -> u64 {
+        self.next_seq.load(Relaxed).min(self.total)
     }
 }
 
@@ -205,8 +279,26 @@ async fn run_async(args: ForwardArgs) -> anyhow::Result<Summary> {
         .tag
         .clone()
         .unwrap_or_else(|| format!("loadtest.{run_id}"));
-    if let Some(r) = args.rate {
-        anyhow::ensure!(r > 0.0 && r.is_finite(), "--rate must be positive");
+    let schedule = match (args.rate, args.ramp) {
+        (Some(r), _) => {
+            anyhow::ensure!(r > 0.0 && r.is_finite(), "--rate must be positive");
+            Some(Schedule::Steady(r))
+        }
+        (None, ramp) => ramp,
+    };
+    // A ramp with no other limit ends with the ramp.
+    let duration = match (args.duration, args.records, schedule) {
+        (None, None, Some(Schedule::Ramp { over, .. })) => Some(over),
+        (d, _, _) => d,
+    };
+    anyhow::ensure!(
+        args.records.is_some() || duration.is_some(),
+        "give --records, --duration or --ramp"
+    );
+    let start = Instant::now();
+    let pacer = schedule.map(Pacer::new);
+    if let Some(p) = &pacer {
+        p.start_at(start);
     }
     let shared = Arc::new(Shared {
         target: args.target.clone(),
@@ -215,7 +307,8 @@ async fn run_async(args: ForwardArgs) -> anyhow::Result<Summary> {
         gzip: args.gzip,
         window: args.window as usize,
         batch: u64::from(args.batch),
-        total: args.records,
+        total: args.records.unwrap_or(u64::MAX),
+        deadline: duration.map(|d| start + d),
         retry_for: args.retry_for,
         ack_timeout: args.ack_timeout,
         connect_timeout: args.connect_timeout,
@@ -223,34 +316,52 @@ async fn run_async(args: ForwardArgs) -> anyhow::Result<Summary> {
             run_id: run_id.clone(),
             log_bytes: args.record_bytes,
             connection: 0,
+            kind: args.shape,
         },
         next_seq: AtomicU64::new(0),
-        pacer: args.rate.map(Pacer::new),
+        pacer,
         abort: AtomicBool::new(false),
         counters: Counters::default(),
+        latencies: IntervalLatencies::default(),
     });
 
-    let start = Instant::now();
-    let progress = (!args.quiet).then(|| {
+    let progress = Progress::new(&args, duration, !args.quiet);
+    let (stop_ticker, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let ticker = {
         let sh = shared.clone();
+        let progress = progress.clone();
         tokio::spawn(async move {
+            let mut timeline = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             let mut prev = sh.counters.snapshot();
-            let mut prev_t = Instant::now();
+            let mut prev_t = start;
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut stopped => return timeline,
+                }
                 let now = sh.counters.snapshot();
                 let t = Instant::now();
-                eprintln!(
-                    "{}",
-                    progress_line(start.elapsed(), &prev, &now, t - prev_t)
+                let entry = Tick::new(
+                    t - start,
+                    t - prev_t,
+                    &prev,
+                    &now,
+                    sh.pacer.as_ref().map(|p| p.target_rate(prev_t, t)),
+                    sh.latencies.take(),
                 );
+                progress.update(&entry, &now, sh.ack, t - start);
+                timeline.push(entry);
                 prev = now;
                 prev_t = t;
+                if timeline.len() >= MAX_TIMELINE {
+                    timeline.remove(0);
+                }
             }
         })
-    });
+    };
 
     let tasks: Vec<_> = (0..args.connections as usize)
         .map(|id| tokio::spawn(connection(id, shared.clone())))
@@ -269,30 +380,51 @@ async fn run_async(args: ForwardArgs) -> anyhow::Result<Summary> {
         }
     }
     let elapsed = start.elapsed();
-    if let Some(p) = progress {
-        p.abort();
-    }
+    let _ = stop_ticker.send(());
+    let timeline = ticker.await.unwrap_or_default();
+    progress.finish();
 
     let c = shared.counters.snapshot();
+    let records = shared.claimed();
     let secs = elapsed.as_secs_f64().max(1e-9);
     let done = if args.ack {
         c.acked_records
     } else {
         c.sent_records
     };
-    if done < args.records && errors.is_empty() {
+    if done < records && errors.is_empty() {
         errors.push(format!(
-            "only {done} of {} records were {}",
-            args.records,
+            "only {done} of {records} records were {}",
             if args.ack { "acknowledged" } else { "sent" }
         ));
     }
+    if records == 0 && errors.is_empty() {
+        errors.push("no record was sent".into());
+    }
+    let peak_per_sec = timeline
+        .iter()
+        .map(|t| {
+            if args.ack {
+                t.acked_per_sec
+            } else {
+                t.sent_per_sec
+            }
+        })
+        .fold(0.0, f64::max)
+        // A run shorter than a second has no timeline.
+        .max(if timeline.is_empty() {
+            done as f64 / secs
+        } else {
+            0.0
+        });
+    let saturation = saturation(&timeline, args.ack);
     Ok(Summary {
-        ok: errors.is_empty() && done == args.records,
+        ok: errors.is_empty() && done == records,
         run_id,
         tag,
         target: args.target,
-        records: args.records,
+        records,
+        records_requested: args.records,
         sent: c.sent_records,
         acked: args.ack.then_some(c.acked_records),
         bytes: c.bytes,
@@ -306,8 +438,101 @@ async fn run_async(args: ForwardArgs) -> anyhow::Result<Summary> {
         batch: args.batch,
         gzip: args.gzip,
         ack: args.ack,
+        shape: args.shape,
+        schedule: schedule.map(|s| describe_schedule(&s)),
+        peak_per_sec,
+        saturation,
+        expected: BTreeMap::from([("-".to_string(), records)]),
+        timeline: if args.no_timeline {
+            Vec::new()
+        } else {
+            timeline
+        },
         errors,
     })
+}
+
+/// A timeline longer than this (a day of seconds) keeps its last entries only.
+const MAX_TIMELINE: usize = 86_400;
+
+fn describe_schedule(s: &Schedule) -> String {
+    match *s {
+        Schedule::Steady(r) => format!("rate {}/s", human(r)),
+        Schedule::Ramp { from, to, over } => format!(
+            "ramp {}/s -> {}/s over {}",
+            human(from),
+            human(to),
+            humantime::format_duration(over)
+        ),
+    }
+}
+
+/// The live view: an `indicatif` bar on a terminal, one plain line per second otherwise.
+#[derive(Debug, Clone)]
+enum Progress {
+    Off,
+    Lines,
+    Bar {
+        bar: indicatif::ProgressBar,
+        /// The bar counts records (else milliseconds of a timed run).
+        by_records: bool,
+    },
+}
+
+impl Progress {
+    fn new(args: &ForwardArgs, duration: Option<Duration>, enabled: bool) -> Self {
+        if !enabled {
+            return Self::Off;
+        }
+        if !std::io::stderr().is_terminal() {
+            return Self::Lines;
+        }
+        let (len, by_records) = match (args.records, duration) {
+            (Some(n), _) => (n, true),
+            (None, Some(d)) => (u64::try_from(d.as_millis()).unwrap_or(u64::MAX), false),
+            (None, None) => (0, true),
+        };
+        let bar = indicatif::ProgressBar::new(len);
+        let template = if by_records {
+            "{elapsed_precise} [{bar:30}] {human_pos}/{human_len} {msg}"
+        } else {
+            "{elapsed_precise} [{bar:30}] {percent:>3}% {msg}"
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Self::Bar { bar, by_records }
+    }
+
+    fn update(&self, tick: &Tick, now: &crate::stats::Snapshot, ack: bool, elapsed: Duration) {
+        match self {
+            Self::Off => {}
+            Self::Lines => eprintln!(
+                "[{:>6.1}s] sent {}, acked {}: {}",
+                elapsed.as_secs_f64(),
+                now.sent_records,
+                now.acked_records,
+                tick.describe(ack)
+            ),
+            Self::Bar { bar, by_records } => {
+                let pos = if !*by_records {
+                    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+                } else if ack {
+                    now.acked_records
+                } else {
+                    now.sent_records
+                };
+                bar.set_position(pos);
+                bar.set_message(tick.describe(ack));
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Self::Bar { bar, .. } = self {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// 32 lowercase hex characters of 16 random bytes (Fluent Bit's shape).
@@ -510,7 +735,7 @@ impl Conn {
             if self.current.is_none()
                 && self.inflight.is_empty()
                 && self.pending.is_none()
-                && (sh.abort.load(Relaxed) || sh.next_seq.load(Relaxed) >= sh.total)
+                && sh.exhausted()
             {
                 let _ = wr.shutdown().await;
                 return Ok(());
@@ -693,7 +918,9 @@ impl Conn {
             };
             let f = self.inflight.remove(idx).expect("index from position");
             if let Some(t) = f.sent_at {
-                self.latencies.record(t.elapsed());
+                let d = t.elapsed();
+                self.latencies.record(d);
+                sh.latencies.record(d);
             }
             if !f.written_once {
                 // Acked before we saw our own write complete: count it as sent now.
@@ -794,6 +1021,7 @@ mod tests {
             run_id: "run-7".into(),
             log_bytes: 50,
             connection: 3,
+            kind: Shape::K8s,
         };
         let mut template = BatchTemplate::new(&shape, 100, &mut rand::rng());
         let time = EventTime {
@@ -853,6 +1081,7 @@ mod tests {
             window: 1,
             batch: 7,
             total: 20,
+            deadline: None,
             retry_for: Duration::ZERO,
             ack_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
@@ -860,16 +1089,143 @@ mod tests {
                 run_id: "r".into(),
                 log_bytes: 1,
                 connection: 0,
+                kind: Shape::K8s,
             },
             next_seq: AtomicU64::new(0),
             pacer: None,
             abort: AtomicBool::new(false),
             counters: Counters::default(),
+            latencies: IntervalLatencies::default(),
         };
         let mut claims = Vec::new();
         while let Some(c) = sh.claim() {
             claims.push(c);
         }
         assert_eq!(claims, vec![(0, 7), (7, 7), (14, 6)]);
+        assert_eq!(sh.claimed(), 20);
+        assert!(sh.exhausted());
+    }
+
+    /// The same frames, decoded by an independent implementation: the Python `msgpack` package
+    /// (EventTime as ext type 0, CompressedPackedForward through Python's gzip module).
+    #[test]
+    fn generated_requests_decode_with_python_msgpack() {
+        let Some(python) = crate::test_support::python() else {
+            return;
+        };
+        const SCRIPT: &str = r#"
+import gzip, json, struct, sys
+import msgpack
+def ext(code, data):
+    assert code == 0 and len(data) == 8, (code, data)
+    return struct.unpack(">II", data)
+out = []
+unp = msgpack.Unpacker(raw=False, ext_hook=ext, strict_map_key=False)
+unp.feed(open(sys.argv[1], "rb").read())
+for req in unp:
+    tag, entries, opts = req
+    assert isinstance(entries, bytes), type(entries)
+    if opts.get("compressed") == "gzip":
+        entries = gzip.decompress(entries)
+    records = []
+    inner = msgpack.Unpacker(raw=False, ext_hook=ext, strict_map_key=False)
+    inner.feed(entries)
+    for time, record in inner:
+        if record.get("log", "").startswith("{"):
+            record["log_json"] = json.loads(record["log"])
+        records.append({"time": list(time), "record": record})
+    out.append({"tag": tag, "opts": opts, "records": records})
+print(json.dumps(out))
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let time = EventTime {
+            secs: 1_609_459_200,
+            nanos: 123_456_789,
+        };
+        let mut stream = Vec::new();
+        let mut expected = Vec::new();
+        let chunk = ChunkId::random();
+        for (i, shape) in [Shape::K8s, Shape::K8sFull, Shape::AppJson]
+            .into_iter()
+            .enumerate()
+        {
+            let rs = RecordShape {
+                run_id: "py-run".into(),
+                log_bytes: 250,
+                connection: i,
+                kind: shape,
+            };
+            let mut template = BatchTemplate::new(&rs, 50, &mut rand::rng());
+            for gzip in [false, true] {
+                let first = expected.len() as u64 * 1000;
+                let mut frame = Vec::new();
+                let mut gzbuf = Vec::new();
+                encode_request(
+                    &mut template,
+                    "py.tag",
+                    first,
+                    50,
+                    time,
+                    gzip.then_some(chunk.as_str()),
+                    gzip.then_some(&mut gzbuf),
+                    &mut frame,
+                );
+                stream.extend_from_slice(&frame);
+                expected.push((shape, gzip, first));
+            }
+        }
+        let path = dir.path().join("frames.bin");
+        std::fs::write(&path, &stream).unwrap();
+        let out = std::process::Command::new(&python)
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(&path)
+            .output()
+            .expect("running python");
+        assert!(
+            out.status.success(),
+            "python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let reqs = got.as_array().unwrap();
+        assert_eq!(reqs.len(), expected.len());
+        for (req, (shape, gzip, first)) in reqs.iter().zip(&expected) {
+            assert_eq!(req["tag"], "py.tag");
+            assert_eq!(req["opts"]["size"], 50);
+            if *gzip {
+                assert_eq!(req["opts"]["compressed"], "gzip");
+                assert_eq!(req["opts"]["chunk"], chunk.as_str());
+            } else {
+                assert!(req["opts"].get("chunk").is_none(), "{}", req["opts"]);
+            }
+            let records = req["records"].as_array().unwrap();
+            assert_eq!(records.len(), 50);
+            for (i, r) in records.iter().enumerate() {
+                assert_eq!(
+                    r["time"],
+                    serde_json::json!([1_609_459_200u32, 123_456_789u32])
+                );
+                let rec = &r["record"];
+                assert_eq!(rec["seq"], first + i as u64, "{shape:?} {rec}");
+                assert_eq!(rec["run_id"], "py-run");
+                let k8s = rec["kubernetes"].as_object().unwrap();
+                match shape {
+                    Shape::K8s => {
+                        assert_eq!(k8s.len(), 4);
+                        assert_eq!(rec["log"].as_str().unwrap().len(), 250);
+                    }
+                    Shape::K8sFull => {
+                        assert_eq!(k8s.len(), 10);
+                        assert_eq!(rec["kubernetes"]["labels"]["app"], "checkout");
+                        assert_eq!(rec["logtag"], "F");
+                    }
+                    Shape::AppJson => {
+                        assert!(rec["log_json"]["http"]["status"].is_u64(), "{rec}");
+                        assert_eq!(rec["log"].as_str().unwrap().len(), 250);
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,14 +1,24 @@
-//! `logferry-loadtest`: Forward-protocol load generator and loss verifier.
+//! `logferry-loadtest`: load generator, pod-log writer and loss verifier.
 //!
 //! - `forward`: sends Kubernetes-shaped records (each with a unique `seq` and the run id) as
-//!   PackedForward requests, optionally with acks and gzip, and reports records/s, MB/s and ack
-//!   latency percentiles.
-//! - `verify`: reads the aggregator's file output and reports received, missing and duplicated
-//!   sequence numbers of one run; exits 1 if anything is missing.
+//!   PackedForward requests, optionally with acks and gzip, at a fixed rate, on a ramp or as fast
+//!   as possible, for a count or a duration; reports records/s, MB/s and ack latency percentiles.
+//! - `pods`: writes CRI or docker json-file logs for simulated pods, laid out like
+//!   `/var/log/pods` + `/var/log/containers`, with kubelet-like rotation.
+//! - `verify`: reads what arrived (file output, Elasticsearch, Kafka) and reports received,
+//!   missing and duplicated sequence numbers per run and source; exits 1 if anything is missing.
+//! - `sink`: a Forward server that acks and discards, to measure the generator's own ceiling.
+//!
+//! Exit status: 0 success, 1 the run or the check failed (records missing or not acked),
+//! 2 usage or setup error.
 
 mod forward;
+mod pods;
 mod record;
+mod sink;
 mod stats;
+#[cfg(test)]
+mod test_support;
 mod verify;
 
 use std::process::ExitCode;
@@ -26,8 +36,12 @@ struct Cli {
 enum Command {
     /// Send records to a Forward server and measure throughput and ack latency.
     Forward(forward::ForwardArgs),
-    /// Check a run's records in the aggregator's file output (files or directories of *.jsonl).
+    /// Write container logs of simulated pods (CRI or docker json-file) with rotation.
+    Pods(pods::PodsArgs),
+    /// Check a run's records in the file output, Elasticsearch or Kafka.
     Verify(verify::VerifyArgs),
+    /// A Forward server that acks and discards everything (the generator's own ceiling).
+    Sink(sink::SinkArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,17 +56,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints `value` as JSON or `text` on stdout.
+fn print<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        println!("{}", text());
+    }
+    Ok(())
+}
+
 /// Returns whether the run succeeded.
 fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Forward(args) => {
             let json = args.json;
             let summary = forward::run(args)?;
-            if json {
-                println!("{}", serde_json::to_string(&summary)?);
-            } else {
-                println!("{}", summary.text());
-            }
+            print(json, &summary, || summary.text())?;
             if !summary.ok && json {
                 for e in &summary.errors {
                     eprintln!("logferry-loadtest: {e}");
@@ -60,14 +84,20 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(summary.ok)
         }
+        Command::Pods(args) => {
+            let summary = pods::run(&args)?;
+            print(args.json, &summary, || summary.text())?;
+            Ok(summary.ok)
+        }
         Command::Verify(args) => {
             let report = verify::run(&args)?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{}", report.text());
-            }
+            print(args.json, &report, || report.text())?;
             Ok(report.ok)
+        }
+        Command::Sink(args) => {
+            let summary = sink::run(&args)?;
+            print(args.json, &summary, || summary.text())?;
+            Ok(summary.ok)
         }
     }
 }
@@ -82,24 +112,79 @@ mod tests {
         Cli::command().debug_assert();
     }
 
-    #[test]
-    fn forward_defaults() {
-        let cli = Cli::parse_from([
+    fn forward(extra: &[&str]) -> Result<forward::ForwardArgs, clap::Error> {
+        let args = [
             "logferry-loadtest",
             "forward",
             "--target",
             "127.0.0.1:24224",
-            "--records",
-            "10",
-        ]);
+        ];
+        let cli = Cli::try_parse_from(args.iter().chain(extra))?;
         let Command::Forward(a) = cli.command else {
             panic!("forward expected");
         };
+        Ok(a)
+    }
+
+    #[test]
+    fn forward_defaults() {
+        let a = forward(&["--records", "10"]).unwrap();
         assert_eq!(
             (a.batch, a.connections, a.record_bytes, a.window),
             (1000, 1, 200, 4)
         );
         assert!(!a.ack && !a.gzip && !a.json);
         assert!(a.retry_for.is_zero());
+        assert_eq!(a.shape, record::Shape::K8s);
+    }
+
+    #[test]
+    fn forward_limits() {
+        // Something must bound the run.
+        assert!(forward(&[]).is_err());
+        assert!(forward(&["--duration", "5s"]).is_ok());
+        assert!(forward(&["--ramp", "0:1000:5s"]).is_ok());
+        assert!(forward(&["--records", "5", "--rate", "10", "--ramp", "0:1000:5s"]).is_err());
+        assert!(forward(&["--records", "5", "--ramp", "0:0:5s"]).is_err());
+        let a = forward(&["--duration", "2m", "--shape", "app-json"]).unwrap();
+        assert_eq!(a.duration, Some(std::time::Duration::from_secs(120)));
+        assert_eq!(a.shape, record::Shape::AppJson);
+    }
+
+    #[test]
+    fn verify_needs_exactly_one_input() {
+        let parse = |extra: &[&str]| {
+            Cli::try_parse_from(
+                ["logferry-loadtest", "verify", "--run-id", "r"]
+                    .iter()
+                    .chain(extra),
+            )
+        };
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["out/"]).is_ok());
+        assert!(parse(&["--es", "http://127.0.0.1:9200", "--index", "logs-*"]).is_ok());
+        assert!(
+            parse(&["--kafka", "127.0.0.1:9092"]).is_err(),
+            "--topic is needed"
+        );
+        assert!(parse(&["--kafka", "127.0.0.1:9092", "--topic", "t"]).is_ok());
+        assert!(parse(&["out/", "--es", "http://x"]).is_err());
+        assert!(parse(&["--es", "http://x", "--kafka", "k", "--topic", "t"]).is_err());
+        assert!(parse(&["out/", "--expect", "1", "--expect-file", "f"]).is_err());
+    }
+
+    #[test]
+    fn pods_needs_a_limit() {
+        let parse = |extra: &[&str]| {
+            Cli::try_parse_from(
+                ["logferry-loadtest", "pods", "--dir", "d"]
+                    .iter()
+                    .chain(extra),
+            )
+        };
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--lines", "10"]).is_ok());
+        assert!(parse(&["--duration", "1s", "--rate", "100", "--format", "docker"]).is_ok());
+        assert!(parse(&["--lines", "10", "--rotate-keep", "1"]).is_err());
     }
 }
