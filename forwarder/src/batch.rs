@@ -1,0 +1,365 @@
+//! Records and batches: from a parsed message to the bytes of one buffer frame.
+//!
+//! A record is a msgpack map written straight into the batch's entry buffer, no tree:
+//!
+//! ```text
+//! { "log": <message>, "stream": "stdout"|"stderr",
+//!   <keys of the message, when it is a JSON object and merge_log is on>,
+//!   "kubernetes": { "pod_name", "namespace_name", "container_name", "docker_id",
+//!                   + with the API: "pod_id", "host", "labels", "annotations" } }
+//! ```
+//! (Fluent Bit's `kubernetes` filter shape, so dashboards and queries written for it keep
+//! working.) The time is the runtime's timestamp as an EventTime, nanoseconds kept.
+//!
+//! A batch holds records of one file (so one tag) and becomes one frame of the forwarder's
+//! chunk buffer. **The frame payload is the exact Forward request that will be sent**:
+//!
+//! ```text
+//! [ tag, bin(entries), { "size": n, "chunk": "<32 hex chars: 128 random bits>" } ]
+//! ```
+//! The chunk id is drawn when the batch is made and stored with it, so it is the same on every
+//! re-send, across reconnects, failover and forwarder restarts, and unique across forwarders
+//! (the aggregator de-duplicates by it). Without gzip a frame is sent as it is, with no
+//! re-encoding.
+
+use logferry_common::forward::EventTime;
+use logferry_common::forward::{encode_compressed_packed_forward, encode_packed_forward, gzip};
+use logferry_common::msgpack;
+
+use crate::parse::Stream;
+
+/// How records are shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordOptions {
+    /// Merge a JSON object message's keys into the record.
+    pub merge_log: bool,
+    /// With `merge_log`, keep `log` too (it is always kept when the message is not JSON).
+    pub keep_log: bool,
+}
+
+/// Most keys taken from a merged JSON message (a bound on work per line).
+const MAX_MERGED_KEYS: usize = 256;
+/// Deepest JSON nesting merged; deeper messages stay a string.
+const MAX_JSON_DEPTH: usize = 32;
+
+/// Appends one entry `[time, record]` to `out`. `kubernetes` is the pre-encoded value of the
+/// `kubernetes` key (a msgpack map), shared by every record of a file.
+pub fn encode_record(
+    time: EventTime,
+    stream: Stream,
+    message: &[u8],
+    kubernetes: Option<&[u8]>,
+    options: RecordOptions,
+    out: &mut Vec<u8>,
+) {
+    let merged = if options.merge_log {
+        json_object(message)
+    } else {
+        None
+    };
+    let text = valid_utf8(message);
+    let keep_log = merged.is_none() || options.keep_log;
+    let mut keys = 1 + u32::from(keep_log) + u32::from(kubernetes.is_some());
+    let mut merged_bytes = Vec::new();
+    if let Some(map) = &merged {
+        for (k, v) in map.iter().take(MAX_MERGED_KEYS) {
+            if k == "stream" || k == "kubernetes" || (keep_log && k == "log") {
+                continue;
+            }
+            msgpack::write_str(&mut merged_bytes, k);
+            write_json_value(v, &mut merged_bytes);
+            keys += 1;
+        }
+    }
+    // The entry is written in place (`[time, record]`), without a per-record buffer.
+    out.reserve(message.len() + merged_bytes.len() + 48 + kubernetes.map_or(0, <[u8]>::len));
+    out.push(0x92);
+    time.write_to(out);
+    msgpack::write_map_len(out, keys);
+    if keep_log {
+        msgpack::write_str(out, "log");
+        msgpack::write_str(out, &text);
+    }
+    msgpack::write_str(out, "stream");
+    msgpack::write_str(out, stream.as_str());
+    out.extend_from_slice(&merged_bytes);
+    if let Some(k) = kubernetes {
+        msgpack::write_str(out, "kubernetes");
+        out.extend_from_slice(k);
+    }
+}
+
+fn valid_utf8(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(b)
+}
+
+/// The message as a JSON object, if it is one (cheap rejection of anything not starting with
+/// `{`).
+fn json_object(message: &[u8]) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let first = message.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'{' {
+        return None;
+    }
+    match serde_json::from_slice::<serde_json::Value>(message) {
+        Ok(serde_json::Value::Object(map)) if depth_ok(&map) => Some(map),
+        _ => None,
+    }
+}
+
+fn depth_ok(map: &serde_json::Map<String, serde_json::Value>) -> bool {
+    fn depth(v: &serde_json::Value, d: usize) -> bool {
+        if d > MAX_JSON_DEPTH {
+            return false;
+        }
+        match v {
+            serde_json::Value::Array(a) => a.iter().all(|v| depth(v, d + 1)),
+            serde_json::Value::Object(o) => o.values().all(|v| depth(v, d + 1)),
+            _ => true,
+        }
+    }
+    map.values().all(|v| depth(v, 1))
+}
+
+/// Writes a JSON value as msgpack.
+/// Depth is bounded by the caller (`depth_ok`).
+pub fn write_json_value(v: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match v {
+        Value::Null => msgpack::write_nil(out),
+        Value::Bool(b) => msgpack::write_bool(out, *b),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                msgpack::write_uint(out, u);
+            } else if let Some(i) = n.as_i64() {
+                // Writing into a Vec cannot fail.
+                let _ = rmp::encode::write_sint(out, i);
+            } else {
+                let _ = rmp::encode::write_f64(out, n.as_f64().unwrap_or(0.0));
+            }
+        }
+        Value::String(s) => msgpack::write_str(out, s),
+        Value::Array(a) => {
+            msgpack::write_array_len(out, a.len() as u32);
+            for item in a {
+                write_json_value(item, out);
+            }
+        }
+        Value::Object(o) => {
+            msgpack::write_map_len(out, o.len() as u32);
+            for (k, item) in o {
+                msgpack::write_str(out, k);
+                write_json_value(item, out);
+            }
+        }
+    }
+}
+
+/// A new random chunk id: 128 bits as 32 lowercase hex characters (Fluent Bit's shape).
+pub fn new_chunk_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Builds the frame payload: a PackedForward request with `size` and a fresh chunk id.
+pub fn encode_frame(tag: &str, entries: &[u8], records: u32) -> Vec<u8> {
+    let id = new_chunk_id();
+    let mut out = Vec::with_capacity(entries.len() + tag.len() + 80);
+    encode_packed_forward(tag, entries, records, Some(&id), &mut out);
+    out
+}
+
+/// A frame payload read back: the parts of its PackedForward request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// The tag.
+    pub tag: &'a str,
+    /// Canonical packed entries.
+    pub entries: &'a [u8],
+    /// Records (the `size` option).
+    pub records: u32,
+    /// The raw msgpack of the `chunk` option (what the ack echoes).
+    pub chunk_raw: &'a [u8],
+}
+
+/// Why a frame payload could not be read (a frame that passed its CRC but was not written by
+/// [`encode_frame`]: a bug or a foreign file, never a torn write).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("buffer frame is not a PackedForward request with a chunk id: {0}")]
+pub struct FrameError(&'static str);
+
+/// Reads a frame payload written by [`encode_frame`].
+pub fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
+    let mut cur = buf;
+    let n = msgpack::read_array_len(&mut cur).map_err(|_| FrameError("not an array"))?;
+    if n != 3 {
+        return Err(FrameError("not 3 elements"));
+    }
+    let tag = msgpack::read_str(&mut cur).map_err(|_| FrameError("tag is not a str"))?;
+    let tag = std::str::from_utf8(tag).map_err(|_| FrameError("tag is not UTF-8"))?;
+    let entries =
+        msgpack::read_str_or_bin(&mut cur).map_err(|_| FrameError("entries are not bin"))?;
+    let pairs = msgpack::read_map_len(&mut cur).map_err(|_| FrameError("options are not a map"))?;
+    let mut records = None;
+    let mut chunk_raw = None;
+    for _ in 0..pairs {
+        let key = msgpack::read_str(&mut cur).map_err(|_| FrameError("option key"))?;
+        let value = msgpack::skip_value(&mut cur, 4).map_err(|_| FrameError("option value"))?;
+        match key {
+            b"size" => {
+                let mut v = value;
+                records = msgpack::read_u64(&mut v)
+                    .ok()
+                    .and_then(|r| u32::try_from(r).ok());
+            }
+            b"chunk" => chunk_raw = Some(value),
+            _ => {}
+        }
+    }
+    Ok(Frame {
+        tag,
+        entries,
+        records: records.ok_or(FrameError("no size"))?,
+        chunk_raw: chunk_raw.ok_or(FrameError("no chunk id"))?,
+    })
+}
+
+/// The request to send for a frame: the payload itself, or its gzip form.
+pub fn wire_request(payload: &[u8], frame: &Frame<'_>, gzip_it: bool) -> Option<Vec<u8>> {
+    if !gzip_it {
+        return None;
+    }
+    let mut cur = frame.chunk_raw;
+    let id = msgpack::read_str(&mut cur).ok()?;
+    let id = std::str::from_utf8(id).ok()?;
+    let mut out = Vec::with_capacity(payload.len() / 4 + 64);
+    encode_compressed_packed_forward(
+        frame.tag,
+        &gzip(frame.entries),
+        frame.records,
+        Some(id),
+        &mut out,
+    );
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use logferry_common::forward::{encode_entry, Entries};
+    use rmpv::Value as V;
+
+    fn record_of(entries: &[u8]) -> V {
+        let e = Entries::new(entries).next().unwrap().unwrap();
+        rmpv::decode::read_value(&mut &e.record[..]).unwrap()
+    }
+
+    fn get<'a>(v: &'a V, key: &str) -> Option<&'a V> {
+        v.as_map()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn plain_and_merged_records() {
+        let opts = RecordOptions {
+            merge_log: true,
+            keep_log: false,
+        };
+        let mut out = Vec::new();
+        encode_record(
+            EventTime::new(1, 2),
+            Stream::Stderr,
+            b"plain text",
+            None,
+            opts,
+            &mut out,
+        );
+        let r = record_of(&out);
+        assert_eq!(get(&r, "log").unwrap().as_str(), Some("plain text"));
+        assert_eq!(get(&r, "stream").unwrap().as_str(), Some("stderr"));
+
+        let mut kube = Vec::new();
+        msgpack::write_map_len(&mut kube, 1);
+        msgpack::write_str(&mut kube, "pod_name");
+        msgpack::write_str(&mut kube, "web-1");
+        let mut out = Vec::new();
+        encode_record(
+            EventTime::new(1, 2),
+            Stream::Stdout,
+            br#"{"seq":7,"neg":-3,"f":1.5,"o":{"a":[true,null]},"stream":"x","log":"inner"}"#,
+            Some(&kube),
+            opts,
+            &mut out,
+        );
+        let r = record_of(&out);
+        assert_eq!(get(&r, "seq").unwrap().as_u64(), Some(7));
+        assert_eq!(get(&r, "neg").unwrap().as_i64(), Some(-3));
+        assert_eq!(get(&r, "f").unwrap().as_f64(), Some(1.5));
+        assert_eq!(get(&r, "stream").unwrap().as_str(), Some("stdout"));
+        assert_eq!(get(&r, "log").unwrap().as_str(), Some("inner"));
+        assert_eq!(
+            get(get(&r, "kubernetes").unwrap(), "pod_name")
+                .unwrap()
+                .as_str(),
+            Some("web-1")
+        );
+        // keep_log: the original string stays, the message's own "log" key does not clash.
+        let mut out = Vec::new();
+        let keep = RecordOptions {
+            merge_log: true,
+            keep_log: true,
+        };
+        encode_record(
+            EventTime::new(1, 2),
+            Stream::Stdout,
+            br#"{"log":"x","a":1}"#,
+            None,
+            keep,
+            &mut out,
+        );
+        let r = record_of(&out);
+        assert_eq!(
+            get(&r, "log").unwrap().as_str(),
+            Some(r#"{"log":"x","a":1}"#)
+        );
+        assert_eq!(r.as_map().unwrap().len(), 3);
+        // Invalid UTF-8 is replaced, never sent as an invalid str.
+        let mut out = Vec::new();
+        encode_record(
+            EventTime::new(1, 2),
+            Stream::Stdout,
+            b"a\xffb",
+            None,
+            opts,
+            &mut out,
+        );
+        assert_eq!(
+            get(&record_of(&out), "log").unwrap().as_str(),
+            Some("a\u{FFFD}b")
+        );
+    }
+
+    #[test]
+    fn frames_round_trip_with_stable_ids() {
+        let mut entries = Vec::new();
+        encode_entry(EventTime::new(1, 2), &[0x80], &mut entries);
+        let payload = encode_frame("kube.x", &entries, 1);
+        let f = decode_frame(&payload).unwrap();
+        assert_eq!(f.tag, "kube.x");
+        assert_eq!(f.entries, &entries[..]);
+        assert_eq!(f.records, 1);
+        let id = logferry_common::forward::ack::chunk_id_bytes(f.chunk_raw).unwrap();
+        assert_eq!(id.len(), 32);
+        let other = encode_frame("kube.x", &entries, 1);
+        assert_ne!(decode_frame(&other).unwrap().chunk_raw, f.chunk_raw);
+        let gz = wire_request(&payload, &f, true).unwrap();
+        let v = rmpv::decode::read_value(&mut &gz[..]).unwrap();
+        assert_eq!(get(&v[2], "compressed").unwrap().as_str(), Some("gzip"));
+        assert_eq!(
+            get(&v[2], "chunk").unwrap().as_str().unwrap().as_bytes(),
+            id
+        );
+        assert!(decode_frame(b"\x93\xa1x").is_err());
+        assert!(wire_request(&payload, &f, false).is_none());
+    }
+}

@@ -1,0 +1,78 @@
+//! Where the aggregators are: `host:port` entries, resolved again and again.
+//!
+//! A headless Service's DNS name resolves to every aggregator pod, and the set changes as pods
+//! come and go; resolving once at startup would pin a forwarder to the pods that existed then
+//! (research §3 item 15: uneven load with long-lived connections). So every name is resolved
+//! every `dns_refresh_interval`, and the client keeps one connection per address found. A
+//! failed lookup keeps the previous addresses rather than dropping every connection.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+/// Splits `host:port` (`[v6]:port` for IPv6 literals), checking the port.
+pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
+    let bad = || format!("{s:?} is not host:port (e.g. \"aggregator.logging.svc:24224\")");
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (host, port) = rest.split_once("]:").ok_or_else(bad)?;
+        (host, port)
+    } else {
+        s.rsplit_once(':').ok_or_else(bad)?
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 {
+        return Err(format!("{s:?}: port 0 is not a server port"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// Resolves every server entry; entries that fail are reported and skipped.
+pub async fn resolve_all(servers: &[String]) -> (BTreeSet<SocketAddr>, Vec<String>) {
+    let mut addrs = BTreeSet::new();
+    let mut errors = Vec::new();
+    for server in servers {
+        let Ok((host, port)) = split_host_port(server) else {
+            errors.push(format!("{server}: invalid"));
+            continue;
+        };
+        let target = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let found = tokio::net::lookup_host(target).await;
+        match found {
+            Ok(found) => addrs.extend(found),
+            Err(e) => errors.push(format!("{server}: {e}")),
+        }
+    }
+    (addrs, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports() {
+        assert_eq!(
+            split_host_port("agg.logging.svc:24224").unwrap(),
+            ("agg.logging.svc".into(), 24224)
+        );
+        assert_eq!(split_host_port("[::1]:1").unwrap(), ("::1".into(), 1));
+        for bad in ["nohost", ":1", "h:0", "h:99999", "h:x", "a b:1"] {
+            assert!(split_host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn resolves_names_and_literals() {
+        let (addrs, errors) =
+            resolve_all(&["127.0.0.1:24224".into(), "localhost:24225".into()]).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(addrs.contains(&"127.0.0.1:24224".parse().unwrap()));
+        assert!(addrs.iter().any(|a| a.port() == 24225));
+    }
+}

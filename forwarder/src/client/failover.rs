@@ -1,0 +1,83 @@
+//! One aggregator address: connect, serve, and after a failure retry with backoff.
+//!
+//! A dead aggregator is noticed by its connection failing (EOF, reset, write error, ack
+//! timeout, or the idle heartbeat failing); its jobs in flight go back to the shared queue at
+//! once, so the live aggregators take them over while this slot waits. Reconnects are the
+//! "TCP connect" heartbeat: exponential backoff with full jitter starting at
+//! `heartbeat_interval`, so a restarted aggregator is used again within seconds, and a
+//! hundred forwarders do not reconnect in lock-step.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use logferry_common::backoff::Backoff;
+use logferry_common::telemetry;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{connection, Shared, OUTPUT_LABEL};
+use crate::metrics;
+
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A connection that lived this long resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+/// Runs until `stop` (this address went away) or the client's hard stop.
+pub async fn run_slot(shared: Arc<Shared>, addr: SocketAddr, stop: CancellationToken) {
+    let initial = shared.opts.heartbeat_interval;
+    let mut backoff = Backoff::new(initial, MAX_BACKOFF.max(initial));
+    loop {
+        if stop.is_cancelled() || shared.hard_stop.is_cancelled() {
+            return;
+        }
+        let connected = tokio::select! {
+            r = tokio::time::timeout(shared.opts.connect_timeout, TcpStream::connect(addr)) => r,
+            () = stop.cancelled() => return,
+            () = shared.hard_stop.cancelled() => return,
+        };
+        match connected {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                tracing::info!(%addr, "connected to aggregator");
+                metrics::SERVERS_UP.inc();
+                telemetry::FORWARD_CONNECTIONS.inc();
+                let started = std::time::Instant::now();
+                // TLS and the shared-key handshake wrap `stream` here, before `serve`.
+                let (completed, end) = connection::serve(stream, &shared, &stop).await;
+                metrics::SERVERS_UP.dec();
+                telemetry::FORWARD_CONNECTIONS.dec();
+                if matches!(end, connection::ConnectionError::Stopped) {
+                    tracing::debug!(%addr, completed, "connection closed");
+                    return;
+                }
+                telemetry::OUTPUT_ERRORS
+                    .with_label_values(&[OUTPUT_LABEL, end.kind()])
+                    .inc();
+                tracing::warn!(%addr, error = %end, completed, "aggregator connection failed; its requests go to the other aggregators");
+                if started.elapsed() >= HEALTHY_AFTER || completed > 0 {
+                    backoff = Backoff::new(initial, MAX_BACKOFF.max(initial));
+                }
+            }
+            Ok(Err(e)) => {
+                telemetry::OUTPUT_ERRORS
+                    .with_label_values(&[OUTPUT_LABEL, "connect"])
+                    .inc();
+                tracing::debug!(%addr, error = %e, "cannot connect to aggregator");
+            }
+            Err(_) => {
+                telemetry::OUTPUT_ERRORS
+                    .with_label_values(&[OUTPUT_LABEL, "connect_timeout"])
+                    .inc();
+                tracing::debug!(%addr, "connect timed out");
+            }
+        }
+        let wait = backoff.next_wait().max(Duration::from_millis(50));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return,
+            () = shared.hard_stop.cancelled() => return,
+        }
+    }
+}

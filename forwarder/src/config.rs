@@ -1,0 +1,796 @@
+//! The forwarder's configuration: TOML, strict, validated as a whole.
+//!
+//! The same two steps run at startup, for `validate --config` and on reload: [`Config::parse`]
+//! rejects unknown keys and wrong types (with the key path and, where it can be found, the line),
+//! and [`Config::validate`] is pure and returns *every* semantic problem at once, so an operator
+//! fixes a config in one round. `${ENV}` references in string values are substituted after
+//! parsing (so a value can never break the TOML syntax); a missing variable is an error naming
+//! the key. The glue is the aggregator's pattern, duplicated rather than shared because the two
+//! schemas have nothing else in common.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use logferry_common::chunk::FsyncPolicy;
+use logferry_common::config::{duration, substitute_env, ByteSize};
+use serde::Deserialize;
+
+/// The configuration that runs when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// The whole forwarder configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How long a graceful shutdown may spend sending what is buffered.
+    #[serde(default = "defaults::shutdown_timeout", with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// What is tailed and how it is parsed.
+    #[serde(default)]
+    pub input: InputConfig,
+    /// Kubernetes metadata.
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
+    /// The on-disk buffer.
+    #[serde(default)]
+    pub buffer: BufferConfig,
+    /// Where records are sent.
+    #[serde(default)]
+    pub output: OutputConfig,
+    /// The HTTP admin listener.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// Log line format of a tailed file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// Detected per file from its first line.
+    #[default]
+    Auto,
+    /// CRI (containerd, CRI-O): `<time> <stream> <P|F> <message>`.
+    Cri,
+    /// Docker json-file: `{"log":"...","stream":"...","time":"..."}`.
+    Docker,
+}
+
+/// Where a file seen for the first time (no checkpoint) is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadFrom {
+    /// From its first byte.
+    #[default]
+    Head,
+    /// From its end at discovery (only files present at startup; files that appear later are
+    /// always read from their first byte, or rotation would lose lines).
+    Tail,
+}
+
+/// `[input]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// Glob patterns of files to tail; wildcards (`*`, `?`, `[...]`) in the file name only.
+    #[serde(default = "defaults::paths")]
+    pub paths: Vec<String>,
+    /// Glob patterns (matched against the whole path) of files not to tail.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Line format.
+    #[serde(default)]
+    pub format: Format,
+    /// Where new files are read from.
+    #[serde(default)]
+    pub read_from: ReadFrom,
+    /// Longest physical line read; the rest of a longer line is skipped (the line is truncated
+    /// and counted in `logferry_tail_truncated_lines_total`).
+    #[serde(default = "defaults::max_line_size")]
+    pub max_line_size: ByteSize,
+    /// Longest message assembled from partial lines (CRI `P`, docker lines without `\n`); a
+    /// longer one is sent in pieces of this size (counted, reason `size`).
+    #[serde(default = "defaults::max_message_size")]
+    pub max_message_size: ByteSize,
+    /// A partial message whose last piece does not arrive within this time is sent as it is
+    /// (counted, reason `timeout`).
+    #[serde(default = "defaults::partial_timeout", with = "duration")]
+    pub partial_timeout: Duration,
+    /// How long a rotated (renamed or deleted) file is kept open after its last growth, so
+    /// lines written just before the runtime reopened its log are read.
+    #[serde(default = "defaults::rotate_wait", with = "duration")]
+    pub rotate_wait: Duration,
+    /// Period of the full glob rescan (inotify finds most new files sooner).
+    #[serde(default = "defaults::rescan_interval", with = "duration")]
+    pub rescan_interval: Duration,
+    /// Period of the fallback size check of every tailed file, for changes inotify missed.
+    #[serde(default = "defaults::poll_interval", with = "duration")]
+    pub poll_interval: Duration,
+    /// First part of the tag; the rest is the file's path with `/` as `.`
+    /// (`kube.var.log.containers.<file name>`, as Fluentd and Fluent Bit do).
+    #[serde(default = "defaults::tag_prefix")]
+    pub tag_prefix: String,
+    /// Largest batch of records of one file put in one buffer frame (one Forward request).
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: ByteSize,
+}
+
+/// `[kubernetes]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// Ask the API server for pod labels, annotations, uid and node (file-name metadata is
+    /// always added).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Merge the keys of a message that is a JSON object into the record.
+    #[serde(default = "defaults::merge_log")]
+    pub merge_log: bool,
+    /// With `merge_log`, keep the original string in `log` too.
+    #[serde(default = "defaults::keep_log")]
+    pub keep_log: bool,
+    /// `"in-cluster"` (service account) or an API server URL such as `http://127.0.0.1:8001`.
+    #[serde(default = "defaults::api")]
+    pub api: String,
+    /// This node's name (the pods watched are those with `spec.nodeName` equal to it); default:
+    /// the `NODE_NAME` environment variable (set it from the downward API).
+    #[serde(default)]
+    pub node_name: Option<String>,
+}
+
+/// `[buffer]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Directory of the chunk files and the offsets database.
+    #[serde(default = "defaults::buffer_path")]
+    pub path: PathBuf,
+    /// Seal a chunk at this size.
+    #[serde(default = "defaults::chunk_limit_size")]
+    pub chunk_limit_size: ByteSize,
+    /// Seal a non-empty chunk this old.
+    #[serde(default = "defaults::flush_interval", with = "duration")]
+    pub flush_interval: Duration,
+    /// Most bytes buffered on disk; when full, files are not read (back-pressure).
+    #[serde(default = "defaults::total_limit_size")]
+    pub total_limit_size: ByteSize,
+    /// When buffered lines are fsync'd (file offsets advance only after).
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+}
+
+/// Compression of requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compress {
+    /// PackedForward.
+    #[default]
+    None,
+    /// CompressedPackedForward.
+    Gzip,
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Aggregators, `host:port`; names are re-resolved every `dns_refresh_interval` and every
+    /// address found is used.
+    #[serde(default = "defaults::servers")]
+    pub servers: Vec<String>,
+    /// Wait for `{"ack": chunk}` before deleting a chunk. Without it a chunk is deleted once
+    /// written to a socket (at-most-once).
+    #[serde(default = "defaults::require_ack")]
+    pub require_ack: bool,
+    /// A request not acked this long is re-sent (on another connection).
+    #[serde(default = "defaults::ack_timeout", with = "duration")]
+    pub ack_timeout: Duration,
+    /// `"none"` or `"gzip"`.
+    #[serde(default)]
+    pub compress: Compress,
+    /// Idle connections send a msgpack `nil` this often; a down server is re-tried with
+    /// backoff starting at this interval.
+    #[serde(default = "defaults::heartbeat_interval", with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// Longest wait for a TCP connect.
+    #[serde(default = "defaults::connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Requests in flight (sent, not yet acked) per connection.
+    #[serde(default = "defaults::window")]
+    pub window: usize,
+    /// How often server names are resolved again.
+    #[serde(default = "defaults::dns_refresh_interval", with = "duration")]
+    pub dns_refresh_interval: Duration,
+    /// TLS settings (not available in this build yet; setting them is a config error rather
+    /// than silently sending in clear text).
+    #[serde(default)]
+    pub tls: Option<toml::Value>,
+    /// Forward shared-key handshake (not available in this build yet; see `tls`).
+    #[serde(default)]
+    pub shared_key: Option<String>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz`, `/reload`.
+    #[serde(default = "defaults::admin_listen")]
+    pub listen: String,
+}
+
+mod defaults {
+    use super::*;
+
+    pub(super) fn shutdown_timeout() -> Duration {
+        Duration::from_secs(25)
+    }
+    pub(super) fn paths() -> Vec<String> {
+        vec!["/var/log/containers/*.log".into()]
+    }
+    pub(super) fn max_line_size() -> ByteSize {
+        ByteSize(64 * 1024)
+    }
+    pub(super) fn max_message_size() -> ByteSize {
+        ByteSize::mib(1)
+    }
+    pub(super) fn partial_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub(super) fn rotate_wait() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub(super) fn rescan_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn poll_interval() -> Duration {
+        // inotify is the primary signal; this is the fallback for changes it misses.
+        Duration::from_secs(5)
+    }
+    pub(super) fn tag_prefix() -> String {
+        "kube".into()
+    }
+    pub(super) fn batch_size() -> ByteSize {
+        ByteSize(256 * 1024)
+    }
+    pub(super) fn merge_log() -> bool {
+        true
+    }
+    pub(super) fn keep_log() -> bool {
+        true
+    }
+    pub(super) fn api() -> String {
+        "in-cluster".into()
+    }
+    pub(super) fn buffer_path() -> PathBuf {
+        "./logferry-data/forwarder".into()
+    }
+    pub(super) fn chunk_limit_size() -> ByteSize {
+        ByteSize::mib(2)
+    }
+    pub(super) fn flush_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub(super) fn total_limit_size() -> ByteSize {
+        ByteSize::mib(512)
+    }
+    pub(super) fn servers() -> Vec<String> {
+        vec!["127.0.0.1:24224".into()]
+    }
+    pub(super) fn require_ack() -> bool {
+        true
+    }
+    pub(super) fn ack_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub(super) fn heartbeat_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub(super) fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub(super) fn window() -> usize {
+        4
+    }
+    pub(super) fn dns_refresh_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub(super) fn admin_listen() -> String {
+        "127.0.0.1:24232".into()
+    }
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            paths: defaults::paths(),
+            exclude: Vec::new(),
+            format: Format::Auto,
+            read_from: ReadFrom::Head,
+            max_line_size: defaults::max_line_size(),
+            max_message_size: defaults::max_message_size(),
+            partial_timeout: defaults::partial_timeout(),
+            rotate_wait: defaults::rotate_wait(),
+            rescan_interval: defaults::rescan_interval(),
+            poll_interval: defaults::poll_interval(),
+            tag_prefix: defaults::tag_prefix(),
+            batch_size: defaults::batch_size(),
+        }
+    }
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            enabled: false,
+            merge_log: defaults::merge_log(),
+            keep_log: defaults::keep_log(),
+            api: defaults::api(),
+            node_name: None,
+        }
+    }
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            path: defaults::buffer_path(),
+            chunk_limit_size: defaults::chunk_limit_size(),
+            flush_interval: defaults::flush_interval(),
+            total_limit_size: defaults::total_limit_size(),
+            fsync: FsyncPolicy::Always,
+        }
+    }
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            servers: defaults::servers(),
+            require_ack: defaults::require_ack(),
+            ack_timeout: defaults::ack_timeout(),
+            compress: Compress::None,
+            heartbeat_interval: defaults::heartbeat_interval(),
+            connect_timeout: defaults::connect_timeout(),
+            window: defaults::window(),
+            dns_refresh_interval: defaults::dns_refresh_interval(),
+            tls: None,
+            shared_key: None,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: defaults::admin_listen(),
+        }
+    }
+}
+
+/// One problem found in a config, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `output.servers[0]` (empty for the file as a whole).
+    pub key: String,
+    /// Line in the file, when known.
+    pub line: Option<usize>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.line, self.key.is_empty()) {
+            (Some(line), false) => write!(f, "{} (line {line}): {}", self.key, self.message),
+            (Some(line), true) => write!(f, "line {line}: {}", self.message),
+            (None, false) => write!(f, "{}: {}", self.key, self.message),
+            (None, true) => f.write_str(&self.message),
+        }
+    }
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Every problem found in a config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl Config {
+    /// Parses TOML text, substituting `${ENV}` references from the process environment.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Self::parse_with_env(text, |k| std::env::var(k).ok())
+    }
+
+    /// Parses TOML text with an explicit environment (for tests).
+    pub fn parse_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let mut errors = Vec::new();
+        substitute_in(&mut value, String::new(), &env, &mut errors);
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let substituted = toml::to_string(&value).map_err(|e| {
+            ConfigErrors(vec![ConfigError::new(
+                "",
+                format!("cannot re-encode config: {e}"),
+            )])
+        })?;
+        toml::from_str::<Config>(&substituted).map_err(|e| {
+            let mut err = toml_error(&substituted, &e);
+            if let Some(first) = err.0.first_mut() {
+                let unknown = first
+                    .message
+                    .split("unknown field `")
+                    .nth(1)
+                    .and_then(|rest| rest.split('`').next());
+                let key = unknown.or_else(|| first.key.rsplit('.').next());
+                first.line = key.and_then(|k| find_key_line(text, k));
+            }
+            err
+        })
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError::new(
+                "",
+                format!("cannot read {}: {e}", path.display()),
+            )])
+        })?;
+        Config::parse(&text)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Config {
+        // Checked by the `embedded_default_is_valid` test.
+        Config::parse(DEFAULT_CONFIG).expect("embedded default config parses")
+    }
+
+    /// Checks everything that can be checked without IO, returning every problem found.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut err = |key: &str, msg: String| errors.push(ConfigError::new(key, msg));
+
+        let i = &self.input;
+        if i.paths.is_empty() {
+            err(
+                "input.paths",
+                "at least one path pattern is required".into(),
+            );
+        }
+        for (n, p) in i.paths.iter().enumerate() {
+            if let Err(e) = crate::discover::PathPattern::parse(p) {
+                err(&format!("input.paths[{n}]"), e.to_string());
+            }
+        }
+        for (n, p) in i.exclude.iter().enumerate() {
+            if let Err(e) = crate::discover::Glob::parse(p) {
+                err(&format!("input.exclude[{n}]"), e.to_string());
+            }
+        }
+        if i.max_line_size.bytes() < 256 {
+            err("input.max_line_size", "must be at least 256B".into());
+        }
+        if i.max_message_size < i.max_line_size {
+            err(
+                "input.max_message_size",
+                format!("must be at least input.max_line_size ({})", i.max_line_size),
+            );
+        }
+        if i.partial_timeout.is_zero() {
+            err("input.partial_timeout", "must be greater than 0".into());
+        }
+        if i.rescan_interval.is_zero() {
+            err("input.rescan_interval", "must be greater than 0".into());
+        }
+        if i.poll_interval.is_zero() {
+            err("input.poll_interval", "must be greater than 0".into());
+        }
+        if i.tag_prefix.is_empty() || i.tag_prefix.chars().any(|c| c.is_whitespace()) {
+            err(
+                "input.tag_prefix",
+                "must be non-empty and without spaces".into(),
+            );
+        }
+        if i.batch_size.bytes() < 1024 {
+            err("input.batch_size", "must be at least 1KiB".into());
+        }
+
+        let k = &self.kubernetes;
+        if k.enabled {
+            if !cfg!(feature = "kubernetes") {
+                err(
+                    "kubernetes.enabled",
+                    "this build has no Kubernetes API client (built without the `kubernetes` feature)"
+                        .into(),
+                );
+            }
+            if k.api != "in-cluster"
+                && !(k.api.starts_with("http://") || k.api.starts_with("https://"))
+            {
+                err(
+                    "kubernetes.api",
+                    format!(
+                        "{:?} is neither \"in-cluster\" nor an http(s):// URL",
+                        k.api
+                    ),
+                );
+            }
+            if k.node_name.as_deref().is_some_and(str::is_empty) {
+                err("kubernetes.node_name", "must not be empty".into());
+            }
+        }
+
+        let b = &self.buffer;
+        if b.path.as_os_str().is_empty() {
+            err("buffer.path", "must not be empty".into());
+        }
+        if b.chunk_limit_size.bytes() < 4096 {
+            err("buffer.chunk_limit_size", "must be at least 4KiB".into());
+        }
+        if b.total_limit_size < b.chunk_limit_size {
+            err(
+                "buffer.total_limit_size",
+                format!(
+                    "must be at least buffer.chunk_limit_size ({})",
+                    b.chunk_limit_size
+                ),
+            );
+        }
+        // A frame holds at most one batch plus one message; it must fit under the total limit.
+        let largest_frame = i.batch_size.bytes() + i.max_message_size.bytes() + 64 * 1024;
+        if b.total_limit_size.bytes() < 2 * largest_frame {
+            err(
+                "buffer.total_limit_size",
+                format!(
+                    "must be at least twice input.batch_size + input.max_message_size + 64KiB ({} bytes)",
+                    2 * largest_frame
+                ),
+            );
+        }
+        if b.flush_interval.is_zero() {
+            err("buffer.flush_interval", "must be greater than 0".into());
+        }
+
+        let o = &self.output;
+        if o.servers.is_empty() {
+            err("output.servers", "at least one server is required".into());
+        }
+        for (n, s) in o.servers.iter().enumerate() {
+            if let Err(e) = crate::client::endpoints::split_host_port(s) {
+                err(&format!("output.servers[{n}]"), e);
+            }
+        }
+        if o.ack_timeout.is_zero() {
+            err("output.ack_timeout", "must be greater than 0".into());
+        }
+        if o.heartbeat_interval.is_zero() {
+            err("output.heartbeat_interval", "must be greater than 0".into());
+        }
+        if o.connect_timeout.is_zero() {
+            err("output.connect_timeout", "must be greater than 0".into());
+        }
+        if o.window == 0 || o.window > 1024 {
+            err("output.window", "must be between 1 and 1024".into());
+        }
+        if o.dns_refresh_interval.is_zero() {
+            err(
+                "output.dns_refresh_interval",
+                "must be greater than 0".into(),
+            );
+        }
+        if o.tls.is_some() {
+            err(
+                "output.tls",
+                "TLS is not available in this build of the forwarder yet; remove it (records would otherwise go out in clear text)".into(),
+            );
+        }
+        if o.shared_key.is_some() {
+            err(
+                "output.shared_key",
+                "the shared-key handshake is not available in this build of the forwarder yet"
+                    .into(),
+            );
+        }
+        if let Err(e) = parse_addr(&self.admin.listen) {
+            err("admin.listen", e);
+        }
+
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Warnings: valid but probably not what the operator wants.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.output.require_ack {
+            warnings.push(
+                "output.require_ack = false: a chunk is deleted once written to a socket; records are lost if the aggregator dies"
+                    .into(),
+            );
+        }
+        if self.buffer.fsync != FsyncPolicy::Always {
+            warnings.push(
+                "buffer.fsync is not \"always\": file offsets can run ahead of what is on disk if the machine crashes"
+                    .into(),
+            );
+        }
+        warnings
+    }
+}
+
+/// Parses a `host:port` listen address.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|e| format!("{s:?} is not an address like \"127.0.0.1:24232\": {e}"))
+}
+
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigErrors {
+    let line = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+    let message = e.message().to_owned();
+    let key = message
+        .split("for key `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or("")
+        .to_owned();
+    ConfigErrors(vec![ConfigError { key, line, message }])
+}
+
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+fn substitute_in(
+    value: &mut toml::Value,
+    path: String,
+    env: &impl Fn(&str) -> Option<String>,
+    errors: &mut Vec<ConfigError>,
+) {
+    match value {
+        toml::Value::String(s) => match substitute_env(s, env) {
+            Ok(new) => *s = new,
+            Err(e) => errors.push(ConfigError::new(path, e.to_string())),
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                substitute_in(item, format!("{path}[{i}]"), env, errors);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                substitute_in(v, p, env, errors);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let config = Config::embedded_default();
+        config.validate().unwrap();
+        assert_eq!(config.input.paths, vec!["./logferry-data/logs/*.log"]);
+        assert_eq!(config.output.servers, vec!["127.0.0.1:24224"]);
+        assert_eq!(config.admin.listen, "127.0.0.1:24232");
+        assert_eq!(
+            config.buffer.path,
+            PathBuf::from("./logferry-data/forwarder")
+        );
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config = Config::parse_with_env("", no_env).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.input.paths, vec!["/var/log/containers/*.log"]);
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(25));
+        assert!(config.output.require_ack);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_line() {
+        let text = "[input]\npaths = [\"/x/*.log\"]\npath_typo = 3\n";
+        let err = Config::parse_with_env(text, no_env).unwrap_err();
+        let first = &err.0[0];
+        assert!(first.message.contains("path_typo"), "{first}");
+        assert_eq!(first.line, Some(3), "{first}");
+    }
+
+    #[test]
+    fn validate_reports_every_error() {
+        let text = r#"
+            [input]
+            paths = ["/var/log/*/x.log"]
+            exclude = ["[unclosed"]
+            max_line_size = "10B"
+            [buffer]
+            chunk_limit_size = "8MiB"
+            total_limit_size = "1MiB"
+            [output]
+            servers = ["no-port"]
+            window = 0
+            shared_key = "s"
+            [admin]
+            listen = "nowhere"
+        "#;
+        let config = Config::parse_with_env(text, no_env).unwrap();
+        let errors = config.validate().unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "input.paths[0]",
+            "input.exclude[0]",
+            "input.max_line_size",
+            "buffer.total_limit_size",
+            "output.servers[0]",
+            "output.window",
+            "output.shared_key",
+            "admin.listen",
+        ] {
+            assert!(keys.contains(&expected), "{expected} not in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn env_references_are_substituted_or_reported() {
+        let text = "[output]\nservers = [\"${AGG}:24224\"]\n";
+        let config =
+            Config::parse_with_env(text, |k| (k == "AGG").then(|| "10.0.0.1".into())).unwrap();
+        assert_eq!(config.output.servers, vec!["10.0.0.1:24224"]);
+        let err = Config::parse_with_env(text, no_env).unwrap_err();
+        assert_eq!(err.0[0].key, "output.servers[0]");
+        assert!(err.0[0].message.contains("AGG"));
+    }
+
+    #[test]
+    fn enums_sizes_and_durations_parse() {
+        let text = "[input]\nformat = \"cri\"\nread_from = \"tail\"\nmax_line_size = \"32KiB\"\n[output]\ncompress = \"gzip\"\nack_timeout = \"250ms\"\n";
+        let config = Config::parse_with_env(text, no_env).unwrap();
+        assert_eq!(config.input.format, Format::Cri);
+        assert_eq!(config.input.read_from, ReadFrom::Tail);
+        assert_eq!(config.input.max_line_size, ByteSize(32 * 1024));
+        assert_eq!(config.output.compress, Compress::Gzip);
+        assert_eq!(config.output.ack_timeout, Duration::from_millis(250));
+        let err = Config::parse_with_env("[input]\nformat = \"syslog\"\n", no_env).unwrap_err();
+        assert!(err.to_string().contains("syslog"), "{err}");
+    }
+}
