@@ -81,9 +81,16 @@ fn every_acked_record_arrives_with_topic_and_key_from_the_record() {
     assert_eq!(seqs.missing(N), Vec::<u64>::new());
     assert_eq!(seqs.duplicates(), 0, "the idempotent producer duplicated");
     let m = agg.metrics();
-    assert_eq!(
-        metric_value(&m, "logferry_output_records_total{output=\"out\"}"),
-        Some(N as f64)
+    // Delivery is counted after the sink answered: the sink may hold every record a
+    // moment before the counter does.
+    wait_until(
+        "every record counted as delivered",
+        Duration::from_secs(30),
+        || {
+            let m = agg.metrics();
+            let v = metric_value(&m, "logferry_output_records_total{output=\"out\"}");
+            (v == Some(N as f64)).then_some(())
+        },
     );
     assert_eq!(
         metric_value(&m, "logferry_dead_letter_records_total").unwrap_or(0.0),
