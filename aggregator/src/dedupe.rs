@@ -24,8 +24,14 @@ use bytes::Bytes;
 /// Most chunk ids remembered at once (about 100 bytes each in memory).
 pub const MAX_ENTRIES: usize = 200_000;
 
-/// sled's page cache: the index is small, and sled's default (1 GiB) is not.
-const SLED_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// How the sled copy is opened: the index is small, and sled's default cache (1 GiB) is not.
+/// sled's background flusher keeps the copy close to the in-memory set.
+const SLED_OPTIONS: logferry_common::kv::Options<'static> = logferry_common::kv::Options {
+    tree: "acked_chunks",
+    cache_bytes: 8 * 1024 * 1024,
+    flush_every_ms: Some(500),
+    what: "acked-chunk index",
+};
 
 /// The set of recently acked chunk ids.
 #[derive(Debug)]
@@ -60,31 +66,14 @@ impl AckedChunks {
     }
 
     /// Opens the set persisted under `dir` (a sled database), loading ids still inside the
-    /// window. If sled cannot open the directory (or panics on a damaged one), it is moved
-    /// aside and a fresh one is created; if even that fails, the set runs in memory only.
+    /// window. A database that cannot be opened is moved aside and a fresh one is created; if
+    /// even that fails, the set runs in memory only (see [`logferry_common::kv`]).
     pub fn open(dir: &Path, window: Duration) -> AckedChunks {
         let mut set = AckedChunks::in_memory(window);
         if window.is_zero() {
             return set;
         }
-        let tree = match open_sled(dir) {
-            Ok(tree) => Some(tree),
-            Err(first) => {
-                let aside = dir.with_extension(format!("damaged-{}", now_millis()));
-                tracing::error!(
-                    error = %first, dir = %dir.display(), moved_to = %aside.display(),
-                    "cannot open the acked-chunk index; moving it aside and starting a new one"
-                );
-                let _ = std::fs::rename(dir, &aside);
-                match open_sled(dir) {
-                    Ok(tree) => Some(tree),
-                    Err(second) => {
-                        tracing::error!(error = %second, "running without a persistent acked-chunk index");
-                        None
-                    }
-                }
-            }
-        };
+        let tree = logferry_common::kv::open(dir, SLED_OPTIONS);
         if let Some(tree) = &tree {
             let cutoff = now_millis().saturating_sub(window.as_millis() as u64);
             let mut loaded: Vec<(u64, Bytes)> = tree
@@ -174,22 +163,6 @@ impl AckedChunks {
     }
 }
 
-fn open_sled(dir: &Path) -> Result<sled::Tree, String> {
-    let config = sled::Config::new()
-        .path(dir)
-        .cache_capacity(SLED_CACHE_BYTES)
-        .mode(sled::Mode::LowSpace);
-    // sled 0.34 has been seen to panic on a damaged directory instead of returning an error;
-    // a panic here must not crash-loop the pod. The config is consumed by the closure, so no
-    // state observed after a panic can be half-updated (AssertUnwindSafe is sound).
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
-    match opened {
-        Ok(Ok(db)) => db.open_tree("acked_chunks").map_err(|e| e.to_string()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("sled panicked while opening".to_owned()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,17 +190,5 @@ mod tests {
         let set = AckedChunks::open(&path, Duration::from_secs(60));
         assert!(set.contains(b"chunk-1\n"));
         assert!(!set.contains(b"chunk-2"));
-    }
-
-    #[test]
-    fn a_damaged_index_is_moved_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index");
-        std::fs::create_dir_all(&path).unwrap();
-        std::fs::write(path.join("conf"), b"\xff\xfe garbage").unwrap();
-        std::fs::write(path.join("db"), vec![0xA5; 4096]).unwrap();
-        let set = AckedChunks::open(&path, Duration::from_secs(60));
-        set.insert(Bytes::from_static(b"x"));
-        assert!(set.contains(b"x"));
     }
 }

@@ -8,6 +8,7 @@
 //! - [`config`]: sizes (`"8MiB"`), durations (`"5s"`) and `${ENV}` substitution for TOML configs.
 //! - [`telemetry`]: the process-wide Prometheus registry, the metrics named in the interface
 //!   contract, and `tracing` set-up.
+//! - [`kv`]: opening the small sled stores kept beside the buffers, with repair.
 //! - [`tls`]: rustls server and client configs from PEM files, with certificate reload.
 //!
 //! ## Delivery contract
@@ -18,6 +19,7 @@ pub mod backoff;
 pub mod chunk;
 pub mod config;
 pub mod forward;
+pub mod kv;
 pub mod msgpack;
 pub mod telemetry;
 pub mod tls;

@@ -24,8 +24,15 @@ use super::fingerprint::Fingerprint;
 
 /// Checkpoints not updated for this long are dropped at startup.
 pub const TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// sled page cache: the map is small.
-const SLED_CACHE_BYTES: u64 = 1024 * 1024;
+/// How the sled copy is opened: a small page cache (the map is small), and no background
+/// flusher (the store flushes on its own schedule; sled's would only add wake-ups on an idle
+/// node).
+const SLED_OPTIONS: logferry_common::kv::Options<'static> = logferry_common::kv::Options {
+    tree: "offsets",
+    cache_bytes: 1024 * 1024,
+    flush_every_ms: None,
+    what: "file offsets",
+};
 
 /// One file's offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,28 +105,11 @@ impl Store {
     }
 
     /// Opens the sled database at `dir` and loads every checkpoint younger than [`TTL`].
-    /// A database that cannot be opened is moved aside (`<dir>.damaged-<ms>`) and replaced by
-    /// an empty one; if even that fails, the store runs in memory only (and says so).
+    /// A database that cannot be opened is moved aside and replaced by an empty one; if even
+    /// that fails, the store runs in memory only (see [`logferry_common::kv`]).
     pub fn open(dir: &Path) -> Store {
         let mut store = Store::in_memory();
-        let tree = match open_sled(dir) {
-            Ok(tree) => Some(tree),
-            Err(first) => {
-                let aside = dir.with_extension(format!("damaged-{}", now_ms()));
-                tracing::error!(
-                    error = %first, dir = %dir.display(), moved_to = %aside.display(),
-                    "cannot open the file offsets database; moving it aside (files will be re-read from their start: duplicates, no loss)"
-                );
-                let _ = std::fs::rename(dir, &aside);
-                match open_sled(dir) {
-                    Ok(tree) => Some(tree),
-                    Err(second) => {
-                        tracing::error!(error = %second, "running without persistent file offsets");
-                        None
-                    }
-                }
-            }
-        };
+        let tree = logferry_common::kv::open(dir, SLED_OPTIONS);
         if let Some(tree) = &tree {
             let cutoff = now_ms().saturating_sub(TTL.as_millis() as u64);
             for (k, v) in tree.iter().filter_map(Result::ok) {
@@ -142,10 +132,7 @@ impl Store {
     /// Reads every checkpoint of the database at `dir` without changing anything (for the
     /// `offsets` command; the forwarder must not be running).
     pub fn inspect(dir: &Path) -> Result<Vec<(Fingerprint, Checkpoint)>, String> {
-        if !dir.exists() {
-            return Err(format!("{} does not exist", dir.display()));
-        }
-        let tree = open_sled(dir)?;
+        let tree = logferry_common::kv::open_existing(dir, SLED_OPTIONS)?;
         let mut out: Vec<(Fingerprint, Checkpoint)> = tree
             .iter()
             .filter_map(Result::ok)
@@ -275,25 +262,6 @@ impl Store {
     }
 }
 
-fn open_sled(dir: &Path) -> Result<sled::Tree, String> {
-    let config = sled::Config::new()
-        .path(dir)
-        .cache_capacity(SLED_CACHE_BYTES)
-        .mode(sled::Mode::LowSpace)
-        // The store flushes on its own schedule; sled's background flusher would only add
-        // wake-ups on an idle node.
-        .flush_every_ms(None);
-    // sled 0.34 has been seen to panic on a damaged directory; a panic must not crash-loop
-    // the pod. The config is moved into the closure, so nothing half-updated is observed
-    // after a panic (AssertUnwindSafe is sound).
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
-    match opened {
-        Ok(Ok(db)) => db.open_tree("offsets").map_err(|e| e.to_string()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("sled panicked while opening".to_owned()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,18 +297,5 @@ mod tests {
         assert_eq!((c.offset, c.real_path.as_path()), (7, Path::new("/r/4")));
         assert_eq!(c.glob_path, PathBuf::from("/g/2"));
         assert_eq!(s.by_head(4).len(), 1);
-    }
-
-    #[test]
-    fn a_damaged_database_is_moved_aside() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("offsets");
-        std::fs::create_dir_all(&path).unwrap();
-        std::fs::write(path.join("conf"), b"\xff\xfe garbage").unwrap();
-        std::fs::write(path.join("db"), vec![0xA5; 4096]).unwrap();
-        let mut s = Store::open(&path);
-        s.set(fp(1), 1, Path::new("/r"), Path::new("/g"));
-        s.flush(true);
-        assert_eq!(s.get(&fp(1)).unwrap().offset, 1);
     }
 }
