@@ -20,7 +20,7 @@ use crate::route::Pattern;
 
 mod listener;
 pub use listener::{
-    AuthClientConfig, AuthConfig, Listeners, Secret, ServerConfig, ServerTlsConfig, UserConfig,
+    AuthClientConfig, AuthConfig, Listeners, ServerConfig, ServerTlsConfig, UserConfig,
 };
 
 /// The configuration that runs when no `--config` is given.

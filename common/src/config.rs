@@ -1,4 +1,5 @@
-//! Config plumbing shared by both daemons: byte sizes, durations and `${ENV}` substitution.
+//! Config plumbing shared by both daemons: byte sizes, durations, `${ENV}` substitution and
+//! secrets that do not print.
 //!
 //! Configs are TOML with unknown keys rejected. Sizes are written like `"8MiB"` (or a bare
 //! integer count of bytes), durations like `"5s"` or `"250ms"` (humantime). Secrets come from
@@ -188,9 +189,46 @@ pub fn substitute_env(
     Ok(out)
 }
 
+/// A string that is never printed by `Debug` (shared keys, passwords): configs are logged and
+/// dumped in error reports, secrets must not be.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// The machine's hostname (the pod name in Kubernetes), or `fallback`: the default identity in
+/// the Forward handshake (PING and PONG carry it).
+pub fn system_hostname(fallback: &str) -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| fallback.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s: Secret = serde_json::from_str("\"hunter2\"").unwrap();
+        assert_eq!(s.expose(), "hunter2");
+        assert_eq!(format!("{s:?}"), "\"***\"");
+    }
 
     #[test]
     fn sizes_parse() {

@@ -374,6 +374,22 @@ pub fn client_config_from(files: &ClientTlsFiles) -> Result<Arc<ClientConfig>, T
     Ok(Arc::new(config))
 }
 
+/// A digest of the files a client config is built from (the CA, the client certificate and
+/// key; the system roots are not included): a cheap way for a long-running client to notice
+/// rotated files before it reconnects.
+///
+/// # Errors
+/// A file cannot be read.
+pub fn client_fingerprint(files: &ClientTlsFiles) -> Result<Fingerprint, TlsError> {
+    let optional = |what, path: &Option<PathBuf>| -> Result<Vec<u8>, TlsError> {
+        path.as_deref().map_or(Ok(Vec::new()), |p| read(what, p))
+    };
+    let ca = optional("CA", &files.ca)?;
+    let cert = optional("client certificate", &files.cert)?;
+    let key = optional("client private key", &files.key)?;
+    Ok(digest(&cert, &key, Some(&ca)))
+}
+
 /// Parses the name the server's certificate must match (DNS name or IP address).
 ///
 /// # Errors
@@ -570,6 +586,26 @@ mod tests {
         std::fs::copy(&k3, &key).unwrap();
         let err = load_server_config(&f).unwrap_err();
         assert!(matches!(err, TlsError::CertKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn client_fingerprint_follows_the_files() {
+        let pki = Pki::new("ca");
+        let (cert, key) = pki.issue("client", &["client-0"]);
+        let f = ClientTlsFiles {
+            ca: Some(pki.ca()),
+            cert: Some(cert.clone()),
+            key: Some(key),
+            min_version: TlsVersion::V1_2,
+        };
+        let before = client_fingerprint(&f).unwrap();
+        assert_eq!(client_fingerprint(&f).unwrap(), before);
+        let (c2, _) = pki.issue("client2", &["client-0"]);
+        std::fs::copy(&c2, &cert).unwrap();
+        assert_ne!(client_fingerprint(&f).unwrap(), before);
+        std::fs::remove_file(&cert).unwrap();
+        let e = client_fingerprint(&f).unwrap_err();
+        assert!(e.to_string().contains("client.crt"), "{e}");
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub enum StartError {
     /// The Kubernetes client could not be set up.
     #[error("kubernetes: {0}")]
     Kubernetes(String),
+    /// The output's TLS files do not load.
+    #[error("output.tls: {0}")]
+    Tls(logferry_common::tls::TlsError),
 }
 
 /// Where chunk files live.
@@ -143,7 +146,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     };
 
     let client = Client::start(
-        ClientOptions::from_config(&config.output),
+        ClientOptions::from_config(&config.output).map_err(StartError::Tls)?,
         buffer.clone(),
         sealed,
     );

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use logferry_common::chunk::FsyncPolicy;
-use logferry_common::config::{duration, substitute_env, ByteSize};
+use logferry_common::config::{duration, substitute_env, ByteSize, Secret};
+use logferry_common::tls::{self, ClientTlsFiles, TlsVersion};
 use serde::Deserialize;
 
 /// The configuration that runs when no `--config` is given.
@@ -202,13 +203,58 @@ pub struct OutputConfig {
     /// How often server names are resolved again.
     #[serde(default = "defaults::dns_refresh_interval", with = "duration")]
     pub dns_refresh_interval: Duration,
-    /// TLS settings (not available in this build yet; setting them is a config error rather
-    /// than silently sending in clear text).
+    /// `[output.tls]`: connect over TLS (the table's presence turns it on).
     #[serde(default)]
-    pub tls: Option<toml::Value>,
-    /// Forward shared-key handshake (not available in this build yet; see `tls`).
+    pub tls: Option<OutputTlsConfig>,
+    /// Run the Forward shared-key handshake (HELO/PING/PONG) on every connection, after TLS.
     #[serde(default)]
-    pub shared_key: Option<String>,
+    pub shared_key: Option<Secret>,
+    /// Our hostname in the handshake (default: the machine's hostname, the pod name in
+    /// Kubernetes). Must differ from the aggregator's.
+    #[serde(default)]
+    pub self_hostname: Option<String>,
+    /// User name, for aggregators with `[server.auth] users`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The user's password (use `${ENV}`).
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+/// `[output.tls]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputTlsConfig {
+    /// PEM CA certificates the aggregators' certificates must chain to (default: the system
+    /// roots).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain, for aggregators that require mutual TLS (`client_ca`).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's PEM private key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The name the aggregators' certificates must match (default: the host part of each
+    /// `servers` entry; set it when the entries are IP addresses or the certificate names the
+    /// Service rather than the pods).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Lowest TLS version offered: `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+impl OutputTlsConfig {
+    /// The files, as the TLS library takes them.
+    pub fn files(&self) -> ClientTlsFiles {
+        ClientTlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            min_version: self.min_version,
+        }
+    }
 }
 
 /// `[admin]`.
@@ -357,6 +403,9 @@ impl Default for OutputConfig {
             dns_refresh_interval: defaults::dns_refresh_interval(),
             tls: None,
             shared_key: None,
+            self_hostname: None,
+            username: None,
+            password: None,
         }
     }
 }
@@ -594,18 +643,35 @@ impl Config {
                 "must be greater than 0".into(),
             );
         }
-        if o.tls.is_some() {
-            err(
-                "output.tls",
-                "TLS is not available in this build of the forwarder yet; remove it (records would otherwise go out in clear text)".into(),
-            );
+        if let Some(tls) = &o.tls {
+            // Loading the files here reports a missing or bad one at `validate` and at start,
+            // not at the first connect.
+            if let Err(e) = tls::client_config_from(&tls.files()) {
+                err("output.tls", e.to_string());
+            }
+            if let Some(name) = &tls.server_name {
+                if let Err(e) = tls::server_name(name) {
+                    err("output.tls.server_name", e.to_string());
+                }
+            }
         }
-        if o.shared_key.is_some() {
-            err(
-                "output.shared_key",
-                "the shared-key handshake is not available in this build of the forwarder yet"
-                    .into(),
-            );
+        if o.shared_key.as_ref().is_some_and(|k| k.expose().is_empty()) {
+            err("output.shared_key", "must not be empty".into());
+        }
+        if o.self_hostname
+            .as_ref()
+            .is_some_and(|h| h.trim().is_empty())
+        {
+            err("output.self_hostname", "must not be empty".into());
+        }
+        match (&o.username, &o.password) {
+            (Some(_), None) => err("output.password", "is required with output.username".into()),
+            (None, Some(_)) => err("output.username", "is required with output.password".into()),
+            (Some(_), Some(_)) if o.shared_key.is_none() => err(
+                "output.username",
+                "user auth is part of the shared-key handshake: set output.shared_key too".into(),
+            ),
+            _ => {}
         }
         if let Err(e) = parse_addr(&self.admin.listen) {
             err("admin.listen", e);
@@ -624,6 +690,12 @@ impl Config {
         if !self.output.require_ack {
             warnings.push(
                 "output.require_ack = false: a chunk is deleted once written to a socket; records are lost if the aggregator dies"
+                    .into(),
+            );
+        }
+        if self.output.shared_key.is_some() && self.output.tls.is_none() {
+            warnings.push(
+                "output.shared_key without output.tls: the handshake authenticates, but records still travel in clear text"
                     .into(),
             );
         }
@@ -737,6 +809,25 @@ mod tests {
     }
 
     #[test]
+    fn output_tls_files_and_names_are_checked_at_validate() {
+        let text = "[output]\nshared_key = \"k\"\n[output.tls]\nca = \"/nonexistent/ca.crt\"\nserver_name = \"not a name\"\n";
+        let config = Config::parse_with_env(text, no_env).unwrap();
+        let errors = config.validate().unwrap_err().0;
+        let tls = errors
+            .iter()
+            .find(|e| e.key == "output.tls")
+            .expect("output.tls");
+        assert!(tls.message.contains("/nonexistent/ca.crt"), "{tls:?}");
+        assert!(errors.iter().any(|e| e.key == "output.tls.server_name"));
+        let config = Config::parse_with_env("[output]\nshared_key = \"k\"\n", no_env).unwrap();
+        config.validate().unwrap();
+        assert!(config.warnings().iter().any(|w| w.contains("clear text")));
+        assert_eq!(format!("{:?}", config.output.shared_key), "Some(\"***\")");
+        let err = Config::parse_with_env("[output.tls]\ncafile = \"x\"\n", no_env).unwrap_err();
+        assert!(err.to_string().contains("cafile"), "{err}");
+    }
+
+    #[test]
     fn validate_reports_every_error() {
         let text = r#"
             [input]
@@ -749,7 +840,8 @@ mod tests {
             [output]
             servers = ["no-port"]
             window = 0
-            shared_key = "s"
+            shared_key = ""
+            username = "u"
             [admin]
             listen = "nowhere"
         "#;
@@ -764,6 +856,7 @@ mod tests {
             "output.servers[0]",
             "output.window",
             "output.shared_key",
+            "output.password",
             "admin.listen",
         ] {
             assert!(keys.contains(&expected), "{expected} not in {keys:?}");

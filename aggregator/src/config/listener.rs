@@ -28,31 +28,13 @@ use std::ops::Deref;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use logferry_common::config::{duration, ByteSize};
+use logferry_common::config::{duration, ByteSize, Secret};
 use logferry_common::forward::session::IpNet;
 use logferry_common::tls::TlsVersion;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 use super::{defaults, parse_addr, ConfigError};
-
-/// A string that is never printed by `Debug` (shared keys, passwords).
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl Secret {
-    /// The secret itself.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
 
 /// Every Forward listener: `[server]` (one) or `[[server]]` (several).
 #[derive(Debug, Clone, PartialEq)]

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use logferry_common::chunk::Buffer;
+use logferry_common::config::system_hostname;
 use logferry_common::forward::session::{ClientRule, ServerAuth, Source};
 use logferry_common::forward::Limits;
 use logferry_common::telemetry;
@@ -216,7 +217,10 @@ fn build_auth(label: &str, auth: &config::AuthConfig) -> ServerAuth {
         })
         .collect();
     ServerAuth {
-        hostname: auth.self_hostname.clone().unwrap_or_else(system_hostname),
+        hostname: auth
+            .self_hostname
+            .clone()
+            .unwrap_or_else(|| system_hostname("logferry-aggregator")),
         shared_key: auth.shared_key.as_ref().map(|k| k.expose().to_owned()),
         users: auth
             .users
@@ -226,16 +230,6 @@ fn build_auth(label: &str, auth: &config::AuthConfig) -> ServerAuth {
         clients,
         allow_anonymous_source: auth.allow_anonymous_source,
     }
-}
-
-/// The machine's hostname (the pod name in Kubernetes), for PONG.
-pub fn system_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| "logferry-aggregator".into())
 }
 
 /// Open connections per source address of one listener.

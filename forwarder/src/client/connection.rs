@@ -1,7 +1,7 @@
 //! One Forward connection: send requests, match acks, detect death.
 //!
-//! Generic over any `AsyncRead + AsyncWrite` stream, so a TLS stream (and a shared-key
-//! handshake run before [`serve`]) can slot in without touching the protocol loop.
+//! Generic over any `AsyncRead + AsyncWrite` stream: plain TCP or TLS, after the shared-key
+//! handshake if any (both set up by [`secure`](super::secure)), share one protocol loop.
 //!
 //! ## Operation
 //! ```text
@@ -96,6 +96,7 @@ where
         let notified = shared.work.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let mut wrote = false;
         while inflight.len() < opts.window {
             let Some(job) = shared.take_job() else { break };
             let write = tokio::time::timeout(opts.ack_timeout, writer.write_all(&job.request));
@@ -111,11 +112,20 @@ where
                 }
             }
             last_write = Instant::now();
+            wrote = true;
             if opts.require_ack {
                 inflight.push_back((job, last_write));
             } else {
                 shared.complete(&job);
                 completed += 1;
+            }
+        }
+        // A TLS stream may hold written bytes until flushed (a no-op on plain TCP).
+        if wrote {
+            match tokio::time::timeout(opts.ack_timeout, writer.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break ConnectionError::Write(e),
+                Err(_) => break ConnectionError::WriteTimeout,
             }
         }
         if inflight.is_empty() && stop.is_cancelled() {
@@ -160,7 +170,11 @@ where
             }
             () = tokio::time::sleep_until(heartbeat_at), if inflight.is_empty() => {
                 // msgpack nil: ignored by Forward servers, but a dead peer makes it fail.
-                match tokio::time::timeout(opts.ack_timeout, writer.write_all(&[0xc0])).await {
+                let beat = async {
+                    writer.write_all(&[0xc0]).await?;
+                    writer.flush().await
+                };
+                match tokio::time::timeout(opts.ack_timeout, beat).await {
                     Ok(Ok(())) => last_write = Instant::now(),
                     Ok(Err(e)) => break ConnectionError::Write(e),
                     Err(_) => break ConnectionError::WriteTimeout,

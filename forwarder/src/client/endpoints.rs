@@ -6,7 +6,7 @@
 //! every `dns_refresh_interval`, and the client keeps one connection per address found. A
 //! failed lookup keeps the previous addresses rather than dropping every connection.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 /// Splits `host:port` (`[v6]:port` for IPv6 literals), checking the port.
@@ -28,9 +28,10 @@ pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
-/// Resolves every server entry; entries that fail are reported and skipped.
-pub async fn resolve_all(servers: &[String]) -> (BTreeSet<SocketAddr>, Vec<String>) {
-    let mut addrs = BTreeSet::new();
+/// Resolves every server entry to its addresses, each with the host it came from (the name
+/// TLS verifies); entries that fail are reported and skipped.
+pub async fn resolve_all(servers: &[String]) -> (BTreeMap<SocketAddr, String>, Vec<String>) {
+    let mut addrs = BTreeMap::new();
     let mut errors = Vec::new();
     for server in servers {
         let Ok((host, port)) = split_host_port(server) else {
@@ -44,7 +45,11 @@ pub async fn resolve_all(servers: &[String]) -> (BTreeSet<SocketAddr>, Vec<Strin
         };
         let found = tokio::net::lookup_host(target).await;
         match found {
-            Ok(found) => addrs.extend(found),
+            Ok(found) => {
+                for addr in found {
+                    addrs.entry(addr).or_insert_with(|| host.clone());
+                }
+            }
             Err(e) => errors.push(format!("{server}: {e}")),
         }
     }
@@ -72,7 +77,14 @@ mod tests {
         let (addrs, errors) =
             resolve_all(&["127.0.0.1:24224".into(), "localhost:24225".into()]).await;
         assert!(errors.is_empty(), "{errors:?}");
-        assert!(addrs.contains(&"127.0.0.1:24224".parse().unwrap()));
-        assert!(addrs.iter().any(|a| a.port() == 24225));
+        assert_eq!(
+            addrs
+                .get(&"127.0.0.1:24224".parse().unwrap())
+                .map(String::as_str),
+            Some("127.0.0.1")
+        );
+        assert!(addrs
+            .iter()
+            .any(|(a, host)| a.port() == 24225 && host == "localhost"));
     }
 }

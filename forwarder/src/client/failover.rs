@@ -5,7 +5,8 @@
 //! once, so the live aggregators take them over while this slot waits. Reconnects are the
 //! "TCP connect" heartbeat: exponential backoff with full jitter starting at
 //! `heartbeat_interval`, so a restarted aggregator is used again within seconds, and a
-//! hundred forwarders do not reconnect in lock-step.
+//! hundred forwarders do not reconnect in lock-step. A connection whose TLS or Forward
+//! handshake fails (module [`secure`](super::secure)) backs off the same way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use logferry_common::backoff::Backoff;
 use logferry_common::telemetry;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +27,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
 /// Runs until `stop` (this address went away) or the client's hard stop.
-pub async fn run_slot(shared: Arc<Shared>, addr: SocketAddr, stop: CancellationToken) {
+/// `host` is the name `addr` was resolved from (what TLS verifies).
+pub async fn run_slot(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    host: String,
+    stop: CancellationToken,
+) {
     let initial = shared.opts.heartbeat_interval;
     let mut backoff = Backoff::new(initial, MAX_BACKOFF.max(initial));
     loop {
@@ -40,24 +48,30 @@ pub async fn run_slot(shared: Arc<Shared>, addr: SocketAddr, stop: CancellationT
         match connected {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                tracing::info!(%addr, "connected to aggregator");
-                metrics::SERVERS_UP.inc();
-                telemetry::FORWARD_CONNECTIONS.inc();
-                let started = std::time::Instant::now();
-                // TLS and the shared-key handshake wrap `stream` here, before `serve`.
-                let (completed, end) = connection::serve(stream, &shared, &stop).await;
-                metrics::SERVERS_UP.dec();
-                telemetry::FORWARD_CONNECTIONS.dec();
-                if matches!(end, connection::ConnectionError::Stopped) {
-                    tracing::debug!(%addr, completed, "connection closed");
-                    return;
-                }
-                telemetry::OUTPUT_ERRORS
-                    .with_label_values(&[OUTPUT_LABEL, end.kind()])
-                    .inc();
-                tracing::warn!(%addr, error = %end, completed, "aggregator connection failed; its requests go to the other aggregators");
-                if started.elapsed() >= HEALTHY_AFTER || completed > 0 {
-                    backoff = Backoff::new(initial, MAX_BACKOFF.max(initial));
+                let security = &shared.opts.security;
+                let served = if security.uses_tls() {
+                    match security.tls(stream, &host).await {
+                        Ok(stream) => Ok(serve(stream, &shared, addr, &stop).await),
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    match security.plain(stream).await {
+                        Ok(stream) => Ok(serve(stream, &shared, addr, &stop).await),
+                        Err(e) => Err(e),
+                    }
+                };
+                match served {
+                    Ok(Served::Stopped) => return,
+                    Ok(Served::Failed { healthy: true }) => {
+                        backoff = Backoff::new(initial, MAX_BACKOFF.max(initial));
+                    }
+                    Ok(Served::Failed { healthy: false }) => {}
+                    Err(e) => {
+                        telemetry::OUTPUT_ERRORS
+                            .with_label_values(&[OUTPUT_LABEL, e.kind()])
+                            .inc();
+                        tracing::warn!(%addr, %host, error = %e, "cannot set up the aggregator connection");
+                    }
                 }
             }
             Ok(Err(e)) => {
@@ -79,5 +93,39 @@ pub async fn run_slot(shared: Arc<Shared>, addr: SocketAddr, stop: CancellationT
             () = stop.cancelled() => return,
             () = shared.hard_stop.cancelled() => return,
         }
+    }
+}
+
+/// How an established connection ended.
+enum Served {
+    /// The slot or the client was stopped.
+    Stopped,
+    /// It failed; `healthy` if it had lived long enough or delivered something (the backoff
+    /// starts over).
+    Failed { healthy: bool },
+}
+
+/// Serves one set-up connection, counting it while it lives.
+async fn serve<S>(stream: S, shared: &Shared, addr: SocketAddr, stop: &CancellationToken) -> Served
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tracing::info!(%addr, "connected to aggregator");
+    metrics::SERVERS_UP.inc();
+    telemetry::FORWARD_CONNECTIONS.inc();
+    let started = std::time::Instant::now();
+    let (completed, end) = connection::serve(stream, shared, stop).await;
+    metrics::SERVERS_UP.dec();
+    telemetry::FORWARD_CONNECTIONS.dec();
+    if matches!(end, connection::ConnectionError::Stopped) {
+        tracing::debug!(%addr, completed, "connection closed");
+        return Served::Stopped;
+    }
+    telemetry::OUTPUT_ERRORS
+        .with_label_values(&[OUTPUT_LABEL, end.kind()])
+        .inc();
+    tracing::warn!(%addr, error = %end, completed, "aggregator connection failed; its requests go to the other aggregators");
+    Served::Failed {
+        healthy: started.elapsed() >= HEALTHY_AFTER || completed > 0,
     }
 }

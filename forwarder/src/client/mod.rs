@@ -33,12 +33,16 @@ use logferry_common::telemetry;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use logferry_common::tls::TlsError;
+use secure::Security;
+
 use crate::batch::{decode_frame, wire_request};
 use crate::config::{Compress, OutputConfig};
 
 pub mod connection;
 pub mod endpoints;
 pub mod failover;
+pub mod secure;
 
 /// Most sealed chunks held in memory at once.
 pub const MAX_LOADED_CHUNKS: usize = 4;
@@ -64,12 +68,17 @@ pub struct ClientOptions {
     pub window: usize,
     /// DNS refresh period.
     pub dns_refresh_interval: Duration,
+    /// TLS and the shared-key handshake.
+    pub security: Arc<Security>,
 }
 
 impl ClientOptions {
     /// From `[output]`.
-    pub fn from_config(o: &OutputConfig) -> ClientOptions {
-        ClientOptions {
+    ///
+    /// # Errors
+    /// The TLS files do not load.
+    pub fn from_config(o: &OutputConfig) -> Result<ClientOptions, TlsError> {
+        Ok(ClientOptions {
             servers: o.servers.clone(),
             require_ack: o.require_ack,
             ack_timeout: o.ack_timeout,
@@ -78,7 +87,8 @@ impl ClientOptions {
             connect_timeout: o.connect_timeout,
             window: o.window.max(1),
             dns_refresh_interval: o.dns_refresh_interval,
-        }
+            security: Arc::new(Security::from_config(o)?),
+        })
     }
 }
 
@@ -387,7 +397,7 @@ async fn manage_endpoints(shared: Arc<Shared>, soft_stop: CancellationToken) {
         }
         let gone: Vec<SocketAddr> = slots
             .keys()
-            .filter(|a| !addrs.contains(a))
+            .filter(|a| !addrs.contains_key(a))
             .copied()
             .collect();
         for addr in gone {
@@ -396,7 +406,7 @@ async fn manage_endpoints(shared: Arc<Shared>, soft_stop: CancellationToken) {
                 stop.cancel();
             }
         }
-        for addr in addrs {
+        for (addr, host) in addrs {
             if slots.contains_key(&addr) {
                 continue;
             }
@@ -404,7 +414,12 @@ async fn manage_endpoints(shared: Arc<Shared>, soft_stop: CancellationToken) {
                 tracing::info!(%addr, "new aggregator address");
             }
             let stop = CancellationToken::new();
-            let task = tokio::spawn(failover::run_slot(Arc::clone(&shared), addr, stop.clone()));
+            let task = tokio::spawn(failover::run_slot(
+                Arc::clone(&shared),
+                addr,
+                host,
+                stop.clone(),
+            ));
             slots.insert(addr, (stop, task));
         }
         first = false;
