@@ -1,5 +1,6 @@
-//! Config plumbing shared by both daemons: byte sizes, durations, `${ENV}` substitution and
-//! secrets that do not print.
+//! Config plumbing shared by both daemons: strict TOML parsing with errors that name the key and
+//! line ([`parse_toml`]), byte sizes, durations, `${ENV}` substitution and secrets that do not
+//! print.
 //!
 //! Configs are TOML with unknown keys rejected. Sizes are written like `"8MiB"` (or a bare
 //! integer count of bytes), durations like `"5s"` or `"250ms"` (humantime). Secrets come from
@@ -187,6 +188,152 @@ pub fn substitute_env(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// One problem found in a config, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `output.servers[0]` (empty for the file as a whole).
+    pub key: String,
+    /// Line in the file, when known.
+    pub line: Option<usize>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.line, self.key.is_empty()) {
+            (Some(line), false) => write!(f, "{} (line {line}): {}", self.key, self.message),
+            (Some(line), true) => write!(f, "line {line}: {}", self.message),
+            (None, false) => write!(f, "{}: {}", self.key, self.message),
+            (None, true) => f.write_str(&self.message),
+        }
+    }
+}
+
+impl ConfigError {
+    /// A problem with `key` (empty: the file as a whole), line unknown.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Every problem found in a config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// A single problem.
+    pub fn one(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![ConfigError::new(key, message)])
+    }
+}
+
+/// Reads a config file (the error names the file).
+///
+/// # Errors
+/// The file cannot be read.
+pub fn read_file(path: &std::path::Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))
+}
+
+/// Parses TOML `text` into `T` (whose structs should `deny_unknown_fields`): the syntax first,
+/// then `${NAME}` in every string value through `env` (a missing variable is an error naming
+/// the key; substituting after parsing means a value can never break the TOML syntax), then
+/// the types. Errors carry the key path and, where it can be found, the line.
+///
+/// # Errors
+/// Every missing variable, or the first syntax or type error.
+pub fn parse_toml<T: de::DeserializeOwned>(
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<T, ConfigErrors> {
+    let mut value: toml::Value = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+    let mut errors = Vec::new();
+    substitute_in(&mut value, String::new(), &env, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    // Re-serialising the substituted tree loses line numbers but keeps key paths, which
+    // serde's error message names.
+    let substituted = toml::to_string(&value)
+        .map_err(|e| ConfigErrors::one("", format!("cannot re-encode config: {e}")))?;
+    toml::from_str::<T>(&substituted).map_err(|e| {
+        // Point at the line of the original text where we can: find the offending key.
+        let mut err = toml_error(&substituted, &e);
+        if let Some(first) = err.0.first_mut() {
+            let unknown = first
+                .message
+                .split("unknown field `")
+                .nth(1)
+                .and_then(|rest| rest.split('`').next());
+            let key = unknown.or_else(|| first.key.rsplit('.').next());
+            first.line = key.and_then(|k| find_key_line(text, k));
+        }
+        err
+    })
+}
+
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigErrors {
+    let line = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+    let message = e.message().to_owned();
+    // toml names the key path in its message for type errors ("... for key `server.listen`").
+    let key = message
+        .split("for key `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or("")
+        .to_owned();
+    ConfigErrors(vec![ConfigError { key, line, message }])
+}
+
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+fn substitute_in(
+    value: &mut toml::Value,
+    path: String,
+    env: &impl Fn(&str) -> Option<String>,
+    errors: &mut Vec<ConfigError>,
+) {
+    match value {
+        toml::Value::String(s) => match substitute_env(s, env) {
+            Ok(new) => *s = new,
+            Err(e) => errors.push(ConfigError::new(path, e.to_string())),
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                substitute_in(item, format!("{path}[{i}]"), env, errors);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                substitute_in(v, p, env, errors);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// A string that is never printed by `Debug` (shared keys, passwords): configs are logged and

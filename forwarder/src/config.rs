@@ -5,16 +5,15 @@
 //! and [`Config::validate`] is pure and returns *every* semantic problem at once, so an operator
 //! fixes a config in one round. `${ENV}` references in string values are substituted after
 //! parsing (so a value can never break the TOML syntax); a missing variable is an error naming
-//! the key. The glue is the aggregator's pattern, duplicated rather than shared because the two
-//! schemas have nothing else in common.
+//! the key. The parsing glue is shared with the aggregator ([`logferry_common::config`]).
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use logferry_common::chunk::FsyncPolicy;
-use logferry_common::config::{duration, substitute_env, ByteSize, Secret};
+use logferry_common::config::{duration, parse_toml, read_file, ByteSize, Secret};
+pub use logferry_common::config::{ConfigError, ConfigErrors};
 use logferry_common::tls::{self, ClientTlsFiles, TlsVersion};
 use serde::Deserialize;
 
@@ -418,43 +417,6 @@ impl Default for AdminConfig {
     }
 }
 
-/// One problem found in a config, with the key it concerns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Dotted key path, e.g. `output.servers[0]` (empty for the file as a whole).
-    pub key: String,
-    /// Line in the file, when known.
-    pub line: Option<usize>,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.line, self.key.is_empty()) {
-            (Some(line), false) => write!(f, "{} (line {line}): {}", self.key, self.message),
-            (Some(line), true) => write!(f, "line {line}: {}", self.message),
-            (None, false) => write!(f, "{}: {}", self.key, self.message),
-            (None, true) => f.write_str(&self.message),
-        }
-    }
-}
-
-impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            key: key.into(),
-            line: None,
-            message: message.into(),
-        }
-    }
-}
-
-/// Every problem found in a config.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
 impl Config {
     /// Parses TOML text, substituting `${ENV}` references from the process environment.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
@@ -466,42 +428,12 @@ impl Config {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigErrors> {
-        let mut value: toml::Value = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
-        let mut errors = Vec::new();
-        substitute_in(&mut value, String::new(), &env, &mut errors);
-        if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
-        }
-        let substituted = toml::to_string(&value).map_err(|e| {
-            ConfigErrors(vec![ConfigError::new(
-                "",
-                format!("cannot re-encode config: {e}"),
-            )])
-        })?;
-        toml::from_str::<Config>(&substituted).map_err(|e| {
-            let mut err = toml_error(&substituted, &e);
-            if let Some(first) = err.0.first_mut() {
-                let unknown = first
-                    .message
-                    .split("unknown field `")
-                    .nth(1)
-                    .and_then(|rest| rest.split('`').next());
-                let key = unknown.or_else(|| first.key.rsplit('.').next());
-                first.line = key.and_then(|k| find_key_line(text, k));
-            }
-            err
-        })
+        parse_toml(text, env)
     }
 
     /// Reads and parses a config file.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError::new(
-                "",
-                format!("cannot read {}: {e}", path.display()),
-            )])
-        })?;
-        Config::parse(&text)
+        Config::parse(&read_file(path)?)
     }
 
     /// The embedded default configuration.
@@ -713,60 +645,6 @@ impl Config {
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>()
         .map_err(|e| format!("{s:?} is not an address like \"127.0.0.1:24232\": {e}"))
-}
-
-fn toml_error(text: &str, e: &toml::de::Error) -> ConfigErrors {
-    let line = e
-        .span()
-        .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
-    let message = e.message().to_owned();
-    let key = message
-        .split("for key `")
-        .nth(1)
-        .and_then(|rest| rest.split('`').next())
-        .unwrap_or("")
-        .to_owned();
-    ConfigErrors(vec![ConfigError { key, line, message }])
-}
-
-fn find_key_line(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| {
-            let l = l.trim_start();
-            l.strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-        })
-        .map(|i| i + 1)
-}
-
-fn substitute_in(
-    value: &mut toml::Value,
-    path: String,
-    env: &impl Fn(&str) -> Option<String>,
-    errors: &mut Vec<ConfigError>,
-) {
-    match value {
-        toml::Value::String(s) => match substitute_env(s, env) {
-            Ok(new) => *s = new,
-            Err(e) => errors.push(ConfigError::new(path, e.to_string())),
-        },
-        toml::Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                substitute_in(item, format!("{path}[{i}]"), env, errors);
-            }
-        }
-        toml::Value::Table(table) => {
-            for (k, v) in table.iter_mut() {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                substitute_in(v, p, env, errors);
-            }
-        }
-        _ => {}
-    }
 }
 
 #[cfg(test)]
