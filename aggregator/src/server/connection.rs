@@ -566,9 +566,7 @@ async fn write_acks<W: AsyncWrite + Unpin>(
             }
         }
         telemetry::FORWARD_ACKS.inc();
-        // The id is a zero-copy slice of the request's read buffer; remembering the slice would
-        // keep that whole buffer alive for the dedupe window. Keep a copy of the id alone.
-        pipeline.acked.insert(Bytes::copy_from_slice(&chunk));
+        pipeline.acked.insert(&chunk);
     }
     let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
 }

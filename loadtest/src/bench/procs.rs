@@ -312,8 +312,13 @@ pub enum OutputKind {
 
 impl Aggregator {
     /// Starts `bin` with a config under `dir`: Forward and admin on free ports, one buffer with
-    /// `fsync = "always"`, every tag routed to one output.
-    pub fn start(bin: &Path, dir: &Path, output: OutputKind) -> anyhow::Result<Self> {
+    /// `fsync = "always"`, every tag routed to one output; `server_extra` goes into `[server]`.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        output: OutputKind,
+        server_extra: &str,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let q = |p: &Path| Value::String(p.display().to_string()).to_string();
         let out_dir = dir.join("out");
@@ -322,6 +327,7 @@ impl Aggregator {
 
 [server]
 listen = "127.0.0.1:0"
+{server_extra}
 
 [admin]
 listen = "127.0.0.1:0"
