@@ -13,6 +13,11 @@
 //! `saturation` is the first second the achieved rate fell below 90% of the target). A ticker
 //! samples the counters every second into the summary's `timeline` and shows them as a progress
 //! bar on a terminal, or as plain lines otherwise.
+//!
+//! With `--tls` and `--shared-key`, each connection (and each reconnect) first goes through TLS
+//! and the Forward shared-key handshake (`crate::connect`); the send loop is the same for every
+//! kind of stream and flushes whenever it runs out of bytes to write, so nothing waits in a TLS
+//! buffer.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{IsTerminal as _, Write as _};
@@ -29,9 +34,9 @@ use logferry_common::forward::{
     EventTime,
 };
 use serde::Serialize;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
+use crate::connect::{Connected, Connector, SecurityArgs};
 use crate::record::{BatchTemplate, RecordShape, Shape};
 use crate::stats::{
     human, parse_ramp, saturation, Counters, IntervalLatencies, Latencies, LatencySummary, Pacer,
@@ -91,7 +96,8 @@ pub struct ForwardArgs {
     /// A request not acknowledged within this time counts as a connection error.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub ack_timeout: Duration,
-    /// Timeout of one TCP connect attempt.
+    /// Timeout of one connect attempt: the TCP connect, and each of the TLS handshake and the
+    /// server's HELO and PONG of the shared-key handshake when enabled.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     /// Print the summary as one JSON object on stdout.
@@ -103,6 +109,8 @@ pub struct ForwardArgs {
     /// Leave the per-second timeline out of the `--json` summary.
     #[arg(long)]
     pub no_timeline: bool,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// `"0"` or a humantime duration (`"500ms"`, `"30s"`, `"2m"`).
@@ -143,6 +151,10 @@ pub struct Summary {
     pub gzip: bool,
     pub ack: bool,
     pub shape: Shape,
+    /// Connections used TLS (`--tls`).
+    pub tls: bool,
+    /// Connections ran the shared-key handshake (`--shared-key`).
+    pub handshake: bool,
     /// The schedule as given (`rate 5000/s`, `ramp 1000->50000/s over 30s`), null if unpaced.
     pub schedule: Option<String>,
     /// The best one-second rate of acked (with `--ack`) or sent records.
@@ -172,6 +184,13 @@ impl Summary {
             human(self.records_per_sec),
             self.mb_per_sec,
         );
+        if self.tls || self.handshake {
+            s += match (self.tls, self.handshake) {
+                (true, true) => "\nover TLS, with the shared-key handshake",
+                (true, false) => "\nover TLS",
+                _ => "\nwith the shared-key handshake",
+            };
+        }
         if let Some(l) = &self.ack_latency_ms {
             s += &format!(
                 "\nack latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
@@ -230,7 +249,8 @@ pub fn random_run_id() -> String {
 /// What every connection shares.
 #[derive(Debug)]
 struct Shared {
-    target: String,
+    /// Opens connections (TCP, TLS, handshake).
+    connector: Connector,
     tag: String,
     ack: bool,
     gzip: bool,
@@ -241,7 +261,6 @@ struct Shared {
     deadline: Option<Instant>,
     retry_for: Duration,
     ack_timeout: Duration,
-    connect_timeout: Duration,
     shape: RecordShape,
     next_seq: AtomicU64,
     pacer: Option<Pacer>,
@@ -295,13 +314,18 @@ async fn run_async(args: ForwardArgs) -> anyhow::Result<Summary> {
         args.records.is_some() || duration.is_some(),
         "give --records, --duration or --ramp"
     );
+    // Before any load: a bad CA, certificate or key file is a setup error naming the file.
+    // (Its message names the file and the cause: formatted here, as the cause is also its
+    // `source`, which `{:#}` would print a second time.)
+    let connector = Connector::new(&args.target, args.connect_timeout, &args.security)
+        .map_err(|e| anyhow!("TLS set-up: {e}"))?;
     let start = Instant::now();
     let pacer = schedule.map(Pacer::new);
     if let Some(p) = &pacer {
         p.start_at(start);
     }
     let shared = Arc::new(Shared {
-        target: args.target.clone(),
+        connector,
         tag: tag.clone(),
         ack: args.ack,
         gzip: args.gzip,
@@ -311,7 +335,6 @@ async fn run_async(args: ForwardArgs) -> anyhow::Result<Summary> {
         deadline: duration.map(|d| start + d),
         retry_for: args.retry_for,
         ack_timeout: args.ack_timeout,
-        connect_timeout: args.connect_timeout,
         shape: RecordShape {
             run_id: run_id.clone(),
             log_bytes: args.record_bytes,
@@ -439,6 +462,8 @@ async fn run_async(args: ForwardArgs) -> anyhow::Result<Summary> {
         gzip: args.gzip,
         ack: args.ack,
         shape: args.shape,
+        tls: shared.connector.tls(),
+        handshake: shared.connector.authenticates(),
         schedule: schedule.map(|s| describe_schedule(&s)),
         peak_per_sec,
         saturation,
@@ -612,41 +637,16 @@ struct Conn {
 }
 
 async fn connection(id: usize, sh: Arc<Shared>) -> Outcome {
-    let shape = RecordShape {
-        connection: id,
-        ..sh.shape.clone()
-    };
-    let capacity = sh.batch.min(sh.total).max(1) as usize;
-    let template = BatchTemplate::new(&shape, capacity, &mut rand::rng());
-    let mut conn = Conn {
-        id,
-        template,
-        inflight: VecDeque::new(),
-        current: None,
-        pending: None,
-        pool: Vec::new(),
-        gzbuf: Vec::new(),
-        ackbuf: BytesMut::with_capacity(4096),
-        latencies: Latencies::default(),
-        outage_since: None,
-        attempt: 0,
-    };
+    let mut conn = Conn::new(id, &sh);
     let error = loop {
-        let result =
-            match tokio::time::timeout(sh.connect_timeout, TcpStream::connect(&sh.target)).await {
-                Err(_) => Err(ConnError::Retryable(anyhow!(
-                    "connect to {} timed out after {:?}",
-                    sh.target,
-                    sh.connect_timeout
-                ))),
-                Ok(Err(e)) => Err(ConnError::Retryable(
-                    anyhow::Error::new(e).context(format!("connect to {}", sh.target)),
-                )),
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    conn.drive(stream, &sh).await
-                }
-            };
+        // A failed TLS or Forward handshake is a connection error like a refused connect:
+        // reported, or retried with the backoff below under --retry-for.
+        let result = match sh.connector.connect().await {
+            Err(e) => Err(retryable(e)),
+            Ok(Connected::Plain(stream)) => conn.drive(stream, &sh, false).await,
+            // Without acks nothing else reads the TLS session: drain it before closing.
+            Ok(Connected::Tls(stream)) => conn.drive(*stream, &sh, !sh.ack).await,
+        };
         match result {
             Ok(()) => break None,
             Err(ConnError::Fatal(e)) => break Some(e),
@@ -684,6 +684,31 @@ async fn connection(id: usize, sh: Arc<Shared>) -> Outcome {
     }
 }
 
+/// Writes some of `buf` (`Some(bytes written)`), or flushes when `buf` is empty (`None`).
+/// Cancel-safe like `write` and `flush`: one future, as `select!` cannot borrow the writer twice.
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    buf: &[u8],
+) -> std::io::Result<Option<usize>> {
+    if buf.is_empty() {
+        wr.flush().await.map(|()| None)
+    } else {
+        wr.write(buf).await.map(Some)
+    }
+}
+
+/// How long [`drain_until_closed`] waits for the server to close.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads and discards until the server closes its side (or [`DRAIN_TIMEOUT`], or an error).
+async fn drain_until_closed<R: AsyncRead + Unpin>(rd: &mut R) {
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
 /// Writes into `frame` (cleared first) one PackedForward request holding records
 /// `first..first+n`, or a CompressedPackedForward one when `gzbuf` (a reusable scratch buffer) is
 /// given.
@@ -719,8 +744,39 @@ fn retryable(e: impl Into<anyhow::Error>) -> ConnError {
 }
 
 impl Conn {
+    fn new(id: usize, sh: &Shared) -> Self {
+        let shape = RecordShape {
+            connection: id,
+            ..sh.shape.clone()
+        };
+        let capacity = sh.batch.min(sh.total).max(1) as usize;
+        Self {
+            id,
+            template: BatchTemplate::new(&shape, capacity, &mut rand::rng()),
+            inflight: VecDeque::new(),
+            current: None,
+            pending: None,
+            pool: Vec::new(),
+            gzbuf: Vec::new(),
+            ackbuf: BytesMut::with_capacity(4096),
+            latencies: Latencies::default(),
+            outage_since: None,
+            attempt: 0,
+        }
+    }
+
     /// Sends and receives on one connection until the run is done or the connection fails.
-    async fn drive(&mut self, mut stream: TcpStream, sh: &Shared) -> Result<(), ConnError> {
+    ///
+    /// Written bytes may wait in the stream's buffer (a TLS session's) until flushed: the loop
+    /// flushes whenever it has nothing more to write right away (window full, pacer waiting, run
+    /// done), which costs nothing on plain TCP, whose flush is a no-op. With `drain`, after the
+    /// last request the read side is read until the server closes: data the peer sent and we
+    /// never read (TLS 1.3 session tickets) would otherwise turn our close into a reset, which
+    /// can destroy requests the server has not read yet.
+    async fn drive<S>(&mut self, stream: S, sh: &Shared, drain: bool) -> Result<(), ConnError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         // Everything unacknowledged goes out again, in order, with its chunk id.
         for f in &mut self.inflight {
             f.needs_send = true;
@@ -728,8 +784,10 @@ impl Conn {
         }
         self.current = None;
         self.ackbuf.clear();
-        let (mut rd, mut wr) = stream.split();
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        // Bytes were written since the last flush.
+        let mut unflushed = false;
         loop {
             self.next_write(sh);
             if self.current.is_none()
@@ -737,7 +795,11 @@ impl Conn {
                 && self.pending.is_none()
                 && sh.exhausted()
             {
+                // Shutting down flushes (and sends TLS's close_notify).
                 let _ = wr.shutdown().await;
+                if drain {
+                    drain_until_closed(&mut rd).await;
+                }
                 return Ok(());
             }
             let to_write: &[u8] = self
@@ -765,13 +827,19 @@ impl Conn {
                     }
                     self.process_acks(sh)?;
                 }
-                r = wr.write(to_write), if !to_write.is_empty() => {
-                    let n = r.map_err(|e| retryable(anyhow::Error::new(e).context("writing a request")))?;
-                    if n == 0 {
-                        return Err(retryable(anyhow!("connection closed while writing")));
+                r = write_or_flush(&mut wr, to_write), if !to_write.is_empty() || unflushed => {
+                    let r = r.map_err(|e| retryable(anyhow::Error::new(e).context("writing a request")))?;
+                    match r {
+                        None => unflushed = false,
+                        Some(0) => {
+                            return Err(retryable(anyhow!("connection closed while writing")));
+                        }
+                        Some(n) => {
+                            unflushed = true;
+                            sh.counters.bytes.fetch_add(n as u64, Relaxed);
+                            self.advance_write(n, sh);
+                        }
                     }
-                    sh.counters.bytes.fetch_add(n as u64, Relaxed);
-                    self.advance_write(n, sh);
                 }
                 _ = tokio::time::sleep_until(pace_at.unwrap_or(far)), if pace_at.is_some() => {}
                 _ = tokio::time::sleep_until(ack_deadline.unwrap_or(far)), if ack_deadline.is_some() => {
@@ -1071,20 +1139,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn claims_cover_every_seq_once() {
-        let sh = Shared {
-            target: String::new(),
+    /// A `Shared` for `total` records in batches of `batch`, window 2, 2 s ack timeout.
+    fn shared(ack: bool, batch: u64, total: u64) -> Shared {
+        Shared {
+            connector: Connector::plain("127.0.0.1:1", Duration::from_secs(1)),
             tag: "t".into(),
-            ack: false,
+            ack,
             gzip: false,
-            window: 1,
-            batch: 7,
-            total: 20,
+            window: 2,
+            batch,
+            total,
             deadline: None,
             retry_for: Duration::ZERO,
-            ack_timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(1),
+            ack_timeout: Duration::from_secs(2),
             shape: RecordShape {
                 run_id: "r".into(),
                 log_bytes: 1,
@@ -1096,7 +1163,12 @@ mod tests {
             abort: AtomicBool::new(false),
             counters: Counters::default(),
             latencies: IntervalLatencies::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn claims_cover_every_seq_once() {
+        let sh = shared(false, 7, 20);
         let mut claims = Vec::new();
         while let Some(c) = sh.claim() {
             claims.push(c);
@@ -1104,6 +1176,107 @@ mod tests {
         assert_eq!(claims, vec![(0, 7), (7, 7), (14, 6)]);
         assert_eq!(sh.claimed(), 20);
         assert!(sh.exhausted());
+    }
+
+    /// Like a TLS session: written bytes stay here until flushed (or shut down).
+    struct HoldsUntilFlushed {
+        inner: tokio::io::DuplexStream,
+        held: Vec<u8>,
+    }
+
+    impl AsyncRead for HoldsUntilFlushed {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for HoldsUntilFlushed {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let this = &mut *self;
+            while !this.held.is_empty() {
+                let n = std::task::ready!(
+                    std::pin::Pin::new(&mut this.inner).poll_write(cx, &this.held)
+                )?;
+                this.held.drain(..n);
+            }
+            std::pin::Pin::new(&mut this.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::ready!(self.as_mut().poll_flush(cx))?;
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// A Forward server on `io`: acks every request that asks for it, closes after the client
+    /// does; returns the records received.
+    async fn serve(mut io: tokio::io::DuplexStream) -> u64 {
+        use logferry_common::forward::{encode_ack, Decoder, Request};
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::new();
+        let mut records = 0;
+        loop {
+            while let Some(req) = decoder.decode(&mut buf).expect("valid request") {
+                let Request::Events(batch) = req else {
+                    panic!("not events: {req:?}");
+                };
+                records += u64::from(batch.records);
+                if let Some(chunk) = &batch.chunk {
+                    let mut ack = Vec::new();
+                    encode_ack(chunk, &mut ack);
+                    io.write_all(&ack).await.unwrap();
+                }
+            }
+            if io.read_buf(&mut buf).await.unwrap() == 0 {
+                return records;
+            }
+        }
+    }
+
+    /// What a TLS session holds must go out without waiting for more writes: with acks the
+    /// window fills and nothing else would be written (the run would end in an ack timeout);
+    /// without, the close must flush, and with `drain` wait for the server to close.
+    #[tokio::test]
+    async fn drive_flushes_a_buffering_stream() {
+        for ack in [true, false] {
+            let sh = shared(ack, 10, 95);
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let server = tokio::spawn(serve(server));
+            let stream = HoldsUntilFlushed {
+                inner: client,
+                held: Vec::new(),
+            };
+            let mut conn = Conn::new(0, &sh);
+            let r = tokio::time::timeout(Duration::from_secs(10), conn.drive(stream, &sh, !ack))
+                .await
+                .expect("drive finishes");
+            if let Err(ConnError::Retryable(e) | ConnError::Fatal(e)) = r {
+                panic!("ack {ack}: {e:#}");
+            }
+            assert_eq!(server.await.unwrap(), 95, "ack {ack}");
+            let c = sh.counters.snapshot();
+            assert_eq!(c.sent_records, 95);
+            assert_eq!(c.acked_records, if ack { 95 } else { 0 });
+        }
     }
 
     /// The same frames, decoded by an independent implementation: the Python `msgpack` package

@@ -12,6 +12,7 @@
 //! Exit status: 0 success, 1 the run or the check failed (records missing or not acked),
 //! 2 usage or setup error.
 
+mod connect;
 mod forward;
 mod pods;
 mod record;
@@ -35,7 +36,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Send records to a Forward server and measure throughput and ack latency.
-    Forward(forward::ForwardArgs),
+    Forward(Box<forward::ForwardArgs>),
     /// Write container logs of simulated pods (CRI or docker json-file) with rotation.
     Pods(pods::PodsArgs),
     /// Check a run's records in the file output, Elasticsearch or Kafka.
@@ -75,7 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Forward(args) => {
             let json = args.json;
-            let summary = forward::run(args)?;
+            let summary = forward::run(*args)?;
             print(json, &summary, || summary.text())?;
             if !summary.ok && json {
                 for e in &summary.errors {
@@ -123,7 +124,7 @@ mod tests {
         let Command::Forward(a) = cli.command else {
             panic!("forward expected");
         };
-        Ok(a)
+        Ok(*a)
     }
 
     #[test]
@@ -149,6 +150,100 @@ mod tests {
         let a = forward(&["--duration", "2m", "--shape", "app-json"]).unwrap();
         assert_eq!(a.duration, Some(std::time::Duration::from_secs(120)));
         assert_eq!(a.shape, record::Shape::AppJson);
+    }
+
+    #[test]
+    fn forward_security_flags() {
+        let a = forward(&["--records", "1"]).unwrap();
+        assert!(!a.security.tls && a.security.ca.is_none() && a.security.server_name.is_none());
+        assert!(a.security.cert.is_none() && a.security.key.is_none());
+        assert!(a.security.username.is_none() && a.security.hostname.is_none());
+        let ok = |extra: &[&str]| {
+            let mut args = vec!["--records", "1"];
+            args.extend_from_slice(extra);
+            forward(&args).map_err(|e| e.to_string())
+        };
+        let a = ok(&[
+            "--tls",
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "--server-name",
+            "logs.example.com",
+            "--shared-key",
+            "secret",
+            "--username",
+            "u",
+            "--password",
+            "p",
+            "--hostname",
+            "node-1",
+        ])
+        .unwrap();
+        let s = &a.security;
+        assert!(s.tls);
+        assert_eq!(s.ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(s.server_name.as_deref(), Some("logs.example.com"));
+        assert_eq!(s.shared_key.as_ref().map(|k| k.expose()), Some("secret"));
+        assert_eq!(s.password.as_ref().map(|k| k.expose()), Some("p"));
+        assert_eq!(
+            (s.username.as_deref(), s.hostname.as_deref()),
+            (Some("u"), Some("node-1"))
+        );
+        // Each part alone, where it makes sense.
+        assert!(ok(&["--tls"]).is_ok());
+        assert!(
+            ok(&["--shared-key", "k"]).is_ok(),
+            "a handshake without TLS"
+        );
+        assert!(ok(&["--tls", "--cert", "c", "--key", "k"]).is_ok());
+
+        // TLS files and names need --tls.
+        for extra in [
+            &["--ca", "ca.pem"][..],
+            &["--server-name", "x"],
+            &["--cert", "c", "--key", "k"],
+        ] {
+            let e = ok(extra).unwrap_err();
+            assert!(e.contains("--tls"), "{extra:?}: {e}");
+        }
+        // A client certificate and its key go together.
+        assert!(ok(&["--tls", "--cert", "c"]).unwrap_err().contains("--key"));
+        assert!(ok(&["--tls", "--key", "k"]).unwrap_err().contains("--cert"));
+        // User auth and our hostname belong to the handshake; user and password go together.
+        for extra in [
+            &["--username", "u", "--password", "p"][..],
+            &["--hostname", "h"],
+        ] {
+            let e = ok(extra).unwrap_err();
+            assert!(e.contains("--shared-key"), "{extra:?}: {e}");
+        }
+        assert!(ok(&["--shared-key", "k", "--username", "u"])
+            .unwrap_err()
+            .contains("--password"));
+        assert!(ok(&["--shared-key", "k", "--password", "p"])
+            .unwrap_err()
+            .contains("--username"));
+    }
+
+    #[test]
+    fn forward_secrets_can_come_from_the_environment() {
+        let cmd = Cli::command();
+        let fwd = cmd.find_subcommand("forward").expect("forward");
+        for (id, var) in [
+            ("shared_key", "LOGFERRY_LOADTEST_SHARED_KEY"),
+            ("password", "LOGFERRY_LOADTEST_PASSWORD"),
+        ] {
+            let arg = fwd
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("no {id}"));
+            assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(var)));
+            assert!(arg.is_hide_env_values_set(), "{id} must not show its value");
+        }
     }
 
     #[test]
