@@ -43,14 +43,16 @@ pub use tokio_rustls;
 #[non_exhaustive]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("cannot read {what} {}: {source}", .path.display())]
+    // The cause is part of the message (what `validate` prints), so it is not also exposed as
+    // the error's `source` (which error-chain printers would print a second time).
+    #[error("cannot read {what} {}: {error}", .path.display())]
     Read {
         /// `certificate`, `private key`, `CA`...
         what: &'static str,
         /// The file.
         path: PathBuf,
         /// What failed.
-        source: io::Error,
+        error: io::Error,
     },
     /// A file is not valid PEM, or holds nothing of the expected kind.
     #[error("{what} {}: {message}", .path.display())]
@@ -64,14 +66,14 @@ pub enum TlsError {
     },
     /// The certificate and key were read but rustls rejected them (e.g. the key does not match
     /// the certificate, or an unsupported key type).
-    #[error("certificate {} with key {}: {source}", .cert.display(), .key.display())]
+    #[error("certificate {} with key {}: {error}", .cert.display(), .key.display())]
     CertKey {
         /// The certificate file.
         cert: PathBuf,
         /// The key file.
         key: PathBuf,
-        /// What rustls said.
-        source: rustls::Error,
+        /// What rustls said (in the message, not as `source`, as for `Read`).
+        error: rustls::Error,
     },
     /// A CA file holds a certificate that cannot be a trust anchor, or none usable.
     #[error("CA {}: {message}", .path.display())]
@@ -152,10 +154,10 @@ pub struct ServerTlsFiles {
 pub type Fingerprint = [u8; 32];
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|error| TlsError::Read {
         what,
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
@@ -275,10 +277,10 @@ pub fn load_server_config(files: &ServerTlsFiles) -> Result<LoadedServerConfig, 
     };
     let config = builder
         .with_single_cert(certs, key)
-        .map_err(|source| TlsError::CertKey {
+        .map_err(|error| TlsError::CertKey {
             cert: files.cert.clone(),
             key: files.key.clone(),
-            source,
+            error,
         })?;
     Ok(LoadedServerConfig {
         config: Arc::new(config),
@@ -363,10 +365,10 @@ pub fn client_config_from(files: &ClientTlsFiles) -> Result<Arc<ClientConfig>, T
             let key_der = parse_key(key, &read("client private key", key)?)?;
             builder
                 .with_client_auth_cert(certs, key_der)
-                .map_err(|source| TlsError::CertKey {
+                .map_err(|error| TlsError::CertKey {
                     cert: cert.clone(),
                     key: key.clone(),
-                    source,
+                    error,
                 })?
         }
         _ => return Err(TlsError::ClientCertWithoutKey),
