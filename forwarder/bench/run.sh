@@ -115,6 +115,6 @@ ticks() { awk '{print $14+$15}' "/proc/$IPID/stat"; }
 T0=$(ticks); sleep 10; T1=$(ticks)
 HZ=$(getconf CLK_TCK)
 echo "files=$(metric logferry_tail_files "$FWD_ADMIN")"
-grep -E "VmRSS|VmHWM" "/proc/$IPID/status"
+grep -E "VmRSS|VmHWM|RssAnon|RssFile" "/proc/$IPID/status"
 python3 -c "print(f'idle_cpu_ms_per_s={($T1-$T0)/$HZ*1000/10:.2f}')"
 kill -TERM "$IPID"; wait "$IPID" || true
