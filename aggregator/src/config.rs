@@ -400,8 +400,10 @@ pub struct FileOutputConfig {
     /// Dead letters.
     #[serde(default)]
     pub dead_letter: DeadLetterConfig,
-    /// Chunks delivered at once.
-    #[serde(default = "defaults::one")]
+    /// Chunks delivered at once. Two by default: one chunk is encoded while the previous one
+    /// is written and fsync'd (writes are serialised; with more than one, chunks may reach
+    /// the files in the order their encoding finished, lines of one chunk stay in order).
+    #[serde(default = "defaults::two")]
     pub concurrency: usize,
     /// Failing this long turns `/readyz` 503 (`"0s"`: never).
     #[serde(default = "defaults::unready_after", with = "duration")]

@@ -116,54 +116,11 @@ impl FileOutput {
         Ok(format!("{} is writable", self.dir.display()))
     }
 
-    /// Writes every record and fsyncs the files it touched: all delivered, or an error (and
-    /// nothing left behind).
-    pub fn send(&mut self, recs: &[Rec]) -> Result<Attempt, OutputError> {
+    /// Writes lines made by [`encode`] and fsyncs the files they went to: all delivered, or an
+    /// error (and nothing left behind).
+    pub fn write(&mut self, encoded: Encoded) -> Result<Attempt, OutputError> {
         self.prepare()?;
-        // Lines are gathered per file first, so each file gets one write and one fsync.
-        let mut pending: HashMap<FileKey, Vec<u8>> = HashMap::new();
-        let mut outcomes = Vec::with_capacity(recs.len());
-        let mut tag_json = Vec::new();
-        let mut run = Vec::new();
-        // Lines of consecutive records of the same tag and hour gather in `run`; they nearly
-        // always share both, so the map is touched once per run.
-        let mut run_key: Option<(Arc<str>, u64)> = None;
-        let mut file_tag = String::new();
-        for rec in recs {
-            let hour = u64::from(rec.time.secs) / 3600;
-            let same = run_key
-                .as_ref()
-                .is_some_and(|(t, h)| Arc::ptr_eq(t, &rec.tag) && *h == hour);
-            if !same {
-                if let Some((_, h)) = run_key.take() {
-                    flush_run(&mut pending, &file_tag, h, &mut run);
-                }
-                file_tag = sanitize_tag(&rec.tag);
-                tag_json.clear();
-                json_string(&rec.tag, &mut tag_json);
-                run_key = Some((Arc::clone(&rec.tag), hour));
-            }
-            let line_start = run.len();
-            run.extend_from_slice(b"{\"time\":\"");
-            rec.time.write_rfc3339(&mut run);
-            run.extend_from_slice(b"\",\"tag\":");
-            run.extend_from_slice(&tag_json);
-            run.extend_from_slice(b",\"record\":");
-            if let Err(e) = write_json(&rec.record, &mut run) {
-                run.truncate(line_start);
-                outcomes.push(Outcome::Reject(Failure::new(
-                    "unencodable",
-                    format!("record cannot be written as JSON: {e}"),
-                )));
-            } else {
-                run.extend_from_slice(b"}\n");
-                outcomes.push(Outcome::Delivered);
-            }
-        }
-        if let Some((_, h)) = run_key {
-            flush_run(&mut pending, &file_tag, h, &mut run);
-        }
-
+        let Encoded { pending, outcomes } = encoded;
         let mut bytes = 0u64;
         let mut written: Vec<(FileKey, u64)> = Vec::with_capacity(pending.len());
         let result = (|| {
@@ -220,6 +177,66 @@ impl FileOutput {
             }
         }
     }
+}
+
+/// Records encoded as JSON lines, grouped by file; no IO has happened yet.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    /// The lines of each file, in record order.
+    pending: HashMap<FileKey, Vec<u8>>,
+    /// One outcome per record: delivered once written (a record that cannot be encoded is
+    /// rejected here).
+    outcomes: Vec<Outcome>,
+}
+
+/// Encodes records as JSON lines, grouped by file. Pure CPU work: it runs outside the lock that
+/// serialises writes, so with `concurrency` above 1 one chunk is encoded while the previous one
+/// is written and fsync'd.
+pub fn encode(recs: &[Rec]) -> Encoded {
+    // Lines are gathered per file first, so each file gets one write and one fsync.
+    let mut pending: HashMap<FileKey, Vec<u8>> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(recs.len());
+    let mut tag_json = Vec::new();
+    let mut run = Vec::new();
+    // Lines of consecutive records of the same tag and hour gather in `run`; they nearly
+    // always share both, so the map is touched once per run.
+    let mut run_key: Option<(Arc<str>, u64)> = None;
+    let mut file_tag = String::new();
+    for rec in recs {
+        let hour = u64::from(rec.time.secs) / 3600;
+        let same = run_key
+            .as_ref()
+            .is_some_and(|(t, h)| Arc::ptr_eq(t, &rec.tag) && *h == hour);
+        if !same {
+            if let Some((_, h)) = run_key.take() {
+                flush_run(&mut pending, &file_tag, h, &mut run);
+            }
+            file_tag = sanitize_tag(&rec.tag);
+            tag_json.clear();
+            json_string(&rec.tag, &mut tag_json);
+            run_key = Some((Arc::clone(&rec.tag), hour));
+        }
+        let line_start = run.len();
+        run.extend_from_slice(b"{\"time\":\"");
+        rec.time.write_rfc3339(&mut run);
+        run.extend_from_slice(b"\",\"tag\":");
+        run.extend_from_slice(&tag_json);
+        run.extend_from_slice(b",\"record\":");
+        if let Err(e) = write_json(&rec.record, &mut run) {
+            run.truncate(line_start);
+            outcomes.push(Outcome::Reject(Failure::new(
+                "unencodable",
+                format!("record cannot be written as JSON: {e}"),
+            )));
+        } else {
+            run.extend_from_slice(b"}\n");
+            outcomes.push(Outcome::Delivered);
+        }
+    }
+    if let Some((_, h)) = run_key {
+        flush_run(&mut pending, &file_tag, h, &mut run);
+    }
+    Encoded { pending, outcomes }
 }
 
 /// Moves the lines gathered in `run` to the pending bytes of their file.
@@ -282,6 +299,9 @@ fn repair_torn_line(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outputs::record::Origin;
+    use bytes::Bytes;
+    use logferry_common::forward::EventTime;
 
     #[test]
     fn tags_are_sanitized() {
@@ -299,6 +319,66 @@ mod tests {
             hour: 1_609_459_200 / 3600,
         };
         assert_eq!(key.file_name(), "t.2021010100.jsonl");
+    }
+
+    fn rec(tag: &Arc<str>, secs: u32, record: Bytes) -> Rec {
+        Rec {
+            origin: Origin {
+                seq: 1,
+                created_ns: 1,
+            },
+            frame: 0,
+            index: 0,
+            tag: Arc::clone(tag),
+            time: EventTime::new(secs, 5),
+            record,
+        }
+    }
+
+    #[test]
+    fn encodes_per_file_then_writes_and_rejects_what_is_not_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("app.a"), Arc::from("app/b"));
+        let map =
+            |i: u64| Bytes::from(rmp_serde::to_vec_named(&serde_json::json!({"i": i})).unwrap());
+        let recs = vec![
+            rec(&a, 1_609_459_200, map(1)),
+            rec(&b, 1_609_459_200, map(2)),
+            rec(&a, 1_609_459_200, Bytes::from_static(&[0xc1])), // never valid msgpack
+            rec(&a, 1_609_462_800, map(3)),                      // the next hour
+            rec(&a, 1_609_459_201, map(4)),
+        ];
+        let encoded = encode(&recs);
+        assert!(
+            !dir.path().join("app.a.2021010100.jsonl").exists(),
+            "encode does no IO"
+        );
+        let attempt = FileOutput::new(dir.path()).write(encoded).unwrap();
+        let kinds: Vec<&str> = attempt
+            .outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Delivered => "ok",
+                Outcome::Reject(f) => f.kind,
+                Outcome::Retry(_) => "retry",
+            })
+            .collect();
+        assert_eq!(kinds, ["ok", "ok", "unencodable", "ok", "ok"]);
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(
+            read("app.a.2021010100.jsonl"),
+            "{\"time\":\"2021-01-01T00:00:00.000000005Z\",\"tag\":\"app.a\",\"record\":{\"i\":1}}\n\
+             {\"time\":\"2021-01-01T00:00:01.000000005Z\",\"tag\":\"app.a\",\"record\":{\"i\":4}}\n"
+        );
+        assert!(read("app_b.2021010100.jsonl").contains("\"tag\":\"app/b\",\"record\":{\"i\":2}"));
+        assert!(read("app.a.2021010101.jsonl").contains("{\"i\":3}"));
+        assert_eq!(
+            attempt.bytes,
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum::<u64>()
+        );
     }
 
     #[test]

@@ -188,10 +188,12 @@ impl Output {
                 let out = Arc::clone(out);
                 let recs = recs.to_vec();
                 // File IO and JSON encoding block; they run on the blocking pool so the Forward
-                // connections on the async workers are never stalled by a slow disk.
+                // connections on the async workers are never stalled by a slow disk. Encoding
+                // happens before taking the lock, so it overlaps another chunk's write and fsync.
                 tokio::task::spawn_blocking(move || {
+                    let encoded = file::encode(&recs);
                     let mut out = out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                    out.send(&recs)
+                    out.write(encoded)
                 })
                 .await
                 .unwrap_or_else(|e| Err(OutputError::new("panic", e.to_string())))
