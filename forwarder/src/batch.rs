@@ -26,6 +26,7 @@ use logferry_common::forward::EventTime;
 use logferry_common::forward::{encode_compressed_packed_forward, encode_packed_forward, gzip};
 use logferry_common::msgpack;
 
+use crate::json_merge;
 use crate::parse::Stream;
 
 /// How records are shaped.
@@ -37,11 +38,6 @@ pub struct RecordOptions {
     pub keep_log: bool,
 }
 
-/// Most keys taken from a merged JSON message (a bound on work per line).
-const MAX_MERGED_KEYS: usize = 256;
-/// Deepest JSON nesting merged; deeper messages stay a string.
-const MAX_JSON_DEPTH: usize = 32;
-
 /// Appends one entry `[time, record]` to `out`. `kubernetes` is the pre-encoded value of the
 /// `kubernetes` key (a msgpack map), shared by every record of a file.
 pub fn encode_record(
@@ -52,25 +48,17 @@ pub fn encode_record(
     options: RecordOptions,
     out: &mut Vec<u8>,
 ) {
+    let mut merged_bytes = Vec::new();
     let merged = if options.merge_log {
-        json_object(message)
+        // With keep_log the record's own "log" (the original string) wins over the message's.
+        let skip = |k: &str| k == "stream" || k == "kubernetes" || (options.keep_log && k == "log");
+        json_merge::merge_object(message, skip, &mut merged_bytes)
     } else {
         None
     };
     let text = valid_utf8(message);
     let keep_log = merged.is_none() || options.keep_log;
-    let mut keys = 1 + u32::from(keep_log) + u32::from(kubernetes.is_some());
-    let mut merged_bytes = Vec::new();
-    if let Some(map) = &merged {
-        for (k, v) in map.iter().take(MAX_MERGED_KEYS) {
-            if k == "stream" || k == "kubernetes" || (keep_log && k == "log") {
-                continue;
-            }
-            msgpack::write_str(&mut merged_bytes, k);
-            write_json_value(v, &mut merged_bytes);
-            keys += 1;
-        }
-    }
+    let keys = 1 + u32::from(keep_log) + u32::from(kubernetes.is_some()) + merged.unwrap_or(0);
     // The entry is written in place (`[time, record]`), without a per-record buffer.
     out.reserve(message.len() + merged_bytes.len() + 48 + kubernetes.map_or(0, <[u8]>::len));
     out.push(0x92);
@@ -91,67 +79,6 @@ pub fn encode_record(
 
 fn valid_utf8(b: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(b)
-}
-
-/// The message as a JSON object, if it is one (cheap rejection of anything not starting with
-/// `{`).
-fn json_object(message: &[u8]) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let first = message.iter().find(|b| !b.is_ascii_whitespace())?;
-    if *first != b'{' {
-        return None;
-    }
-    match serde_json::from_slice::<serde_json::Value>(message) {
-        Ok(serde_json::Value::Object(map)) if depth_ok(&map) => Some(map),
-        _ => None,
-    }
-}
-
-fn depth_ok(map: &serde_json::Map<String, serde_json::Value>) -> bool {
-    fn depth(v: &serde_json::Value, d: usize) -> bool {
-        if d > MAX_JSON_DEPTH {
-            return false;
-        }
-        match v {
-            serde_json::Value::Array(a) => a.iter().all(|v| depth(v, d + 1)),
-            serde_json::Value::Object(o) => o.values().all(|v| depth(v, d + 1)),
-            _ => true,
-        }
-    }
-    map.values().all(|v| depth(v, 1))
-}
-
-/// Writes a JSON value as msgpack.
-/// Depth is bounded by the caller (`depth_ok`).
-pub fn write_json_value(v: &serde_json::Value, out: &mut Vec<u8>) {
-    use serde_json::Value;
-    match v {
-        Value::Null => msgpack::write_nil(out),
-        Value::Bool(b) => msgpack::write_bool(out, *b),
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                msgpack::write_uint(out, u);
-            } else if let Some(i) = n.as_i64() {
-                // Writing into a Vec cannot fail.
-                let _ = rmp::encode::write_sint(out, i);
-            } else {
-                let _ = rmp::encode::write_f64(out, n.as_f64().unwrap_or(0.0));
-            }
-        }
-        Value::String(s) => msgpack::write_str(out, s),
-        Value::Array(a) => {
-            msgpack::write_array_len(out, a.len() as u32);
-            for item in a {
-                write_json_value(item, out);
-            }
-        }
-        Value::Object(o) => {
-            msgpack::write_map_len(out, o.len() as u32);
-            for (k, item) in o {
-                msgpack::write_str(out, k);
-                write_json_value(item, out);
-            }
-        }
-    }
 }
 
 /// A new random chunk id: 128 bits as 32 lowercase hex characters (Fluent Bit's shape).

@@ -17,6 +17,7 @@
 //! - [`tail`]: reading, rotation, fingerprints, checkpoints and the committer.
 //! - [`parse`]: CRI and docker json-file lines, and joining split lines.
 //! - [`kubernetes`]: metadata from file names and the API server.
+//! - [`json_merge`]: `merge_log`, JSON messages transcoded straight to msgpack.
 //! - [`batch`]: records and frames.
 //! - [`client`]: the Forward client (connections, endpoints, failover).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/reload`.
@@ -28,6 +29,7 @@ pub mod batch;
 pub mod client;
 pub mod config;
 pub mod discover;
+pub mod json_merge;
 pub mod kubernetes;
 pub mod metrics;
 pub mod parse;
