@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use logferry_common::chunk::{FsyncPolicy, OverflowAction};
-use logferry_common::config::{duration, parse_toml, read_file, ByteSize};
+use logferry_common::config::{duration, parse_listen_addr, parse_toml, read_file, ByteSize};
 pub use logferry_common::config::{ConfigError, ConfigErrors};
 use serde::Deserialize;
 
@@ -1040,8 +1040,7 @@ impl Config {
 
 /// Parses a `host:port` listen address.
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>()
-        .map_err(|e| format!("{s:?} is not an address like \"127.0.0.1:24224\": {e}"))
+    parse_listen_addr(s, "127.0.0.1:24224")
 }
 
 #[cfg(test)]

@@ -336,6 +336,15 @@ fn substitute_in(
     }
 }
 
+/// Parses a listen address `ip:port`; the error shows `example` as the expected shape.
+///
+/// # Errors
+/// Anything but an IP address and a port.
+pub fn parse_listen_addr(s: &str, example: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse::<std::net::SocketAddr>()
+        .map_err(|e| format!("{s:?} is not an address like \"{example}\": {e}"))
+}
+
 /// A string that is never printed by `Debug` (shared keys, passwords): configs are logged and
 /// dumped in error reports, secrets must not be.
 #[derive(Clone, PartialEq, Eq, Deserialize)]

@@ -299,23 +299,7 @@ async fn start_kubernetes(_config: &Config) -> Result<Arc<PodCache>, StartError>
 }
 
 fn lock_dir(root: &Path) -> Result<std::fs::File, StartError> {
-    let lock = root.join("LOCK");
-    let locked = std::fs::create_dir_all(root)
-        .and_then(|()| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock)
-        })
-        .and_then(|file| match file.try_lock() {
-            Ok(()) => Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                Err(std::io::Error::other("locked by another process"))
-            }
-            Err(std::fs::TryLockError::Error(e)) => Err(e),
-        });
-    locked.map_err(|reason| StartError::Locked {
+    logferry_common::chunk::lock_root(root).map_err(|reason| StartError::Locked {
         path: root.to_owned(),
         reason,
     })

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use logferry_common::chunk::FsyncPolicy;
-use logferry_common::config::{duration, parse_toml, read_file, ByteSize, Secret};
+use logferry_common::config::{
+    duration, parse_listen_addr, parse_toml, read_file, ByteSize, Secret,
+};
 pub use logferry_common::config::{ConfigError, ConfigErrors};
 use logferry_common::tls::{self, ClientTlsFiles, TlsVersion};
 use serde::Deserialize;
@@ -643,8 +645,7 @@ impl Config {
 
 /// Parses a `host:port` listen address.
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>()
-        .map_err(|e| format!("{s:?} is not an address like \"127.0.0.1:24232\": {e}"))
+    parse_listen_addr(s, "127.0.0.1:24232")
 }
 
 #[cfg(test)]

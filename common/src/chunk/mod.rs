@@ -130,6 +130,29 @@ mod reader;
 mod recovery;
 mod writer;
 
+/// Locks `root` (the directory holding a binary's buffers and stores, created if missing) for
+/// this process: two processes sharing one buffer would each recover, deliver and delete the
+/// other's chunks. The lock is `root/LOCK`, held while the returned file is open; the kernel
+/// drops it when the process dies, so a crash never leaves a stale lock.
+///
+/// # Errors
+/// The directory or the lock file cannot be created, or another process holds the lock.
+pub fn lock_root(root: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(root)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join("LOCK"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(std::io::Error::other("locked by another process"))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests;
 
