@@ -695,3 +695,14 @@ mod chunk {
         buffer.close().await.unwrap();
     }
 }
+
+#[test]
+fn the_buffer_root_lock_admits_one_holder_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("state");
+    let held = logferry_common::chunk::lock_root(&root).expect("first lock");
+    let err = logferry_common::chunk::lock_root(&root).expect_err("a second holder is refused");
+    assert!(err.to_string().contains("another process"), "{err}");
+    drop(held);
+    logferry_common::chunk::lock_root(&root).expect("free again once the holder is gone");
+}
