@@ -40,22 +40,31 @@ pub async fn run_slot(
         if stop.is_cancelled() || shared.hard_stop.is_cancelled() {
             return;
         }
-        let connected = tokio::select! {
-            r = tokio::time::timeout(shared.opts.connect_timeout, TcpStream::connect(addr)) => r,
-            () = stop.cancelled() => return,
-            () = shared.hard_stop.cancelled() => return,
+        let connect = tokio::time::timeout(shared.opts.connect_timeout, TcpStream::connect(addr));
+        let Some(connected) = until_stopped(&shared, &stop, connect).await else {
+            return;
         };
         match connected {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 let security = &shared.opts.security;
+                // TLS and the handshake end early on a stop, like the connect.
                 let served = if security.uses_tls() {
-                    match security.tls(stream, &host).await {
+                    let Some(set_up) =
+                        until_stopped(&shared, &stop, security.tls(stream, &host)).await
+                    else {
+                        return;
+                    };
+                    match set_up {
                         Ok(stream) => Ok(serve(stream, &shared, addr, &stop).await),
                         Err(e) => Err(e),
                     }
                 } else {
-                    match security.plain(stream).await {
+                    let Some(set_up) = until_stopped(&shared, &stop, security.plain(stream)).await
+                    else {
+                        return;
+                    };
+                    match set_up {
                         Ok(stream) => Ok(serve(stream, &shared, addr, &stop).await),
                         Err(e) => Err(e),
                     }
@@ -88,11 +97,25 @@ pub async fn run_slot(
             }
         }
         let wait = backoff.next_wait().max(Duration::from_millis(50));
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stop.cancelled() => return,
-            () = shared.hard_stop.cancelled() => return,
+        if until_stopped(&shared, &stop, tokio::time::sleep(wait))
+            .await
+            .is_none()
+        {
+            return;
         }
+    }
+}
+
+/// `fut`'s output, or `None` once the slot or the client is stopped.
+async fn until_stopped<T>(
+    shared: &Shared,
+    stop: &CancellationToken,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        out = fut => Some(out),
+        () = stop.cancelled() => None,
+        () = shared.hard_stop.cancelled() => None,
     }
 }
 
