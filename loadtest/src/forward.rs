@@ -315,10 +315,8 @@ async fn run_async(args: ForwardArgs) -> anyhow::Result<Summary> {
         "give --records, --duration or --ramp"
     );
     // Before any load: a bad CA, certificate or key file is a setup error naming the file.
-    // (Its message names the file and the cause: formatted here, as the cause is also its
-    // `source`, which `{:#}` would print a second time.)
     let connector = Connector::new(&args.target, args.connect_timeout, &args.security)
-        .map_err(|e| anyhow!("TLS set-up: {e}"))?;
+        .context("TLS set-up")?;
     let start = Instant::now();
     let pacer = schedule.map(Pacer::new);
     if let Some(p) = &pacer {
