@@ -12,6 +12,8 @@
 
 use std::borrow::Cow;
 
+use memchr::memchr2;
+
 use super::{parse_rfc3339, Line, ParseError, Stream};
 
 /// Parses one docker json-file line (without its `\n`).
@@ -112,51 +114,50 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A JSON string, unescaped; borrowed when it has no escapes.
+    /// A JSON string, unescaped; borrowed when it has no escapes. Runs between escapes are
+    /// found with `memchr2` and copied whole: a JSON message inside `log` is full of `\"`.
     fn string(&mut self) -> Result<Cow<'a, [u8]>, ParseError> {
         self.expect(b'"')?;
+        let buf = self.buf;
+        const UNTERMINATED: ParseError = ParseError::Json("unterminated string");
         let start = self.pos;
-        let rest = &self.buf[start..];
-        let end = rest
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\')
-            .ok_or(ParseError::Json("unterminated string"))?;
-        if rest[end] == b'"' {
+        let end = memchr2(b'"', b'\\', &buf[start..]).ok_or(UNTERMINATED)?;
+        if buf[start + end] == b'"' {
             self.pos = start + end + 1;
-            return Ok(Cow::Borrowed(&rest[..end]));
+            return Ok(Cow::Borrowed(&buf[start..start + end]));
         }
-        let mut out = Vec::with_capacity(rest.len());
-        out.extend_from_slice(&rest[..end]);
-        self.pos = start + end;
+        let mut out = Vec::with_capacity(buf.len() - start);
+        let mut run = start;
+        let mut at = start + end;
         loop {
-            let Some(b) = self.next() else {
-                return Err(ParseError::Json("unterminated string"));
-            };
-            match b {
-                b'"' => return Ok(Cow::Owned(out)),
-                b'\\' => {
-                    let Some(e) = self.next() else {
-                        return Err(ParseError::Json("unterminated escape"));
-                    };
-                    match e {
-                        b'"' => out.push(b'"'),
-                        b'\\' => out.push(b'\\'),
-                        b'/' => out.push(b'/'),
-                        b'b' => out.push(0x08),
-                        b'f' => out.push(0x0c),
-                        b'n' => out.push(b'\n'),
-                        b'r' => out.push(b'\r'),
-                        b't' => out.push(b'\t'),
-                        b'u' => {
-                            let c = self.unicode_escape()?;
-                            let mut tmp = [0u8; 4];
-                            out.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
-                        }
-                        _ => return Err(ParseError::Json("invalid escape")),
-                    }
-                }
-                b => out.push(b),
+            out.extend_from_slice(&buf[run..at]);
+            if buf[at] == b'"' {
+                self.pos = at + 1;
+                return Ok(Cow::Owned(out));
             }
+            // A backslash at `at`.
+            self.pos = at + 1;
+            let Some(e) = self.next() else {
+                return Err(ParseError::Json("unterminated escape"));
+            };
+            match e {
+                b'"' => out.push(b'"'),
+                b'\\' => out.push(b'\\'),
+                b'/' => out.push(b'/'),
+                b'b' => out.push(0x08),
+                b'f' => out.push(0x0c),
+                b'n' => out.push(b'\n'),
+                b'r' => out.push(b'\r'),
+                b't' => out.push(b'\t'),
+                b'u' => {
+                    let c = self.unicode_escape()?;
+                    let mut tmp = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
+                }
+                _ => return Err(ParseError::Json("invalid escape")),
+            }
+            run = self.pos;
+            at = run + memchr2(b'"', b'\\', &buf[run..]).ok_or(UNTERMINATED)?;
         }
     }
 
@@ -265,6 +266,28 @@ mod tests {
             String::from_utf8(l.message.into_owned()).unwrap(),
             "tab\there \"q\" é 😀 \u{FFFD}x"
         );
+    }
+
+    #[test]
+    fn escaped_messages_come_back_exactly() {
+        for text in [
+            "",
+            "\"",
+            "\\\\",
+            "\"starts and ends\"",
+            "{\"level\":\"info\",\"msg\":\"a \\\"quoted\\\" word\",\"n\":1}",
+            "tabs\tand\r\nbreaks\u{8}\u{c}/",
+            "ünïcödé and \u{1F600} and \u{0} and \u{1f}",
+            "plain run then \\ then a long plain run without any escapes at all",
+        ] {
+            let line = format!(
+                "{{\"log\":{},\"stream\":\"stdout\",\"time\":\"2019-01-01T11:11:11Z\"}}",
+                serde_json::to_string(&format!("{text}\n")).unwrap()
+            );
+            let l = parse(line.as_bytes()).unwrap();
+            assert_eq!(std::str::from_utf8(&l.message).unwrap(), text, "{line}");
+            assert!(!l.partial);
+        }
     }
 
     #[test]
