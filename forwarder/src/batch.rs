@@ -3,8 +3,9 @@
 //! A record is a msgpack map written straight into the batch's entry buffer, no tree:
 //!
 //! ```text
-//! { "log": <message>, "stream": "stdout"|"stderr",
+//! { "stream": "stdout"|"stderr",
 //!   <keys of the message, when it is a JSON object and merge_log is on>,
+//!   "log": <message, unless merged and keep_log is off>,
 //!   "kubernetes": { "pod_name", "namespace_name", "container_name", "docker_id",
 //!                   + with the API: "pod_id", "host", "labels", "annotations" } }
 //! ```
@@ -48,37 +49,40 @@ pub fn encode_record(
     options: RecordOptions,
     out: &mut Vec<u8>,
 ) {
-    let mut merged_bytes = Vec::new();
+    // The entry is written in place (`[time, record]`), without a per-record buffer: the
+    // record's key count is known only after the merge, so the map header is a one-byte
+    // placeholder patched at the end (widened, rarely, past 15 keys).
+    out.reserve(2 * message.len() + 48 + kubernetes.map_or(0, <[u8]>::len));
+    out.push(0x92);
+    time.write_to(out);
+    let header_at = out.len();
+    out.push(0x80);
+    msgpack::write_str(out, "stream");
+    msgpack::write_str(out, stream.as_str());
     let merged = if options.merge_log {
         // With keep_log the record's own "log" (the original string) wins over the message's.
         let skip = |k: &str| k == "stream" || k == "kubernetes" || (options.keep_log && k == "log");
-        json_merge::merge_object(message, skip, &mut merged_bytes)
+        json_merge::merge_object(message, skip, out)
     } else {
         None
     };
-    let text = valid_utf8(message);
     let keep_log = merged.is_none() || options.keep_log;
-    let keys = 1 + u32::from(keep_log) + u32::from(kubernetes.is_some()) + merged.unwrap_or(0);
-    // The entry is written in place (`[time, record]`), without a per-record buffer.
-    out.reserve(message.len() + merged_bytes.len() + 48 + kubernetes.map_or(0, <[u8]>::len));
-    out.push(0x92);
-    time.write_to(out);
-    msgpack::write_map_len(out, keys);
     if keep_log {
         msgpack::write_str(out, "log");
-        msgpack::write_str(out, &text);
+        msgpack::write_str(out, &String::from_utf8_lossy(message));
     }
-    msgpack::write_str(out, "stream");
-    msgpack::write_str(out, stream.as_str());
-    out.extend_from_slice(&merged_bytes);
     if let Some(k) = kubernetes {
         msgpack::write_str(out, "kubernetes");
         out.extend_from_slice(k);
     }
-}
-
-fn valid_utf8(b: &[u8]) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(b)
+    let keys = 1 + u32::from(keep_log) + u32::from(kubernetes.is_some()) + merged.unwrap_or(0);
+    if keys < 16 {
+        out[header_at] = 0x80 | keys as u8;
+    } else {
+        let mut header = Vec::with_capacity(5);
+        msgpack::write_map_len(&mut header, keys);
+        out.splice(header_at..=header_at, header);
+    }
 }
 
 /// A new random chunk id: 128 bits as 32 lowercase hex characters (Fluent Bit's shape).
@@ -250,6 +254,27 @@ mod tests {
             Some(r#"{"log":"x","a":1}"#)
         );
         assert_eq!(r.as_map().unwrap().len(), 3);
+        // More than 15 keys: the one-byte map header placeholder is widened to map16.
+        let many: String = format!(
+            "{{{}}}",
+            (0..20)
+                .map(|i| format!("\"k{i}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let mut out = Vec::new();
+        encode_record(
+            EventTime::new(1, 2),
+            Stream::Stdout,
+            many.as_bytes(),
+            Some(&kube),
+            opts,
+            &mut out,
+        );
+        let r = record_of(&out);
+        assert_eq!(r.as_map().unwrap().len(), 22);
+        assert_eq!(get(&r, "k19").unwrap().as_u64(), Some(19));
+        assert!(get(&r, "kubernetes").is_some());
         // Invalid UTF-8 is replaced, never sent as an invalid str.
         let mut out = Vec::new();
         encode_record(
