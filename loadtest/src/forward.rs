@@ -315,8 +315,8 @@ async fn run_async(args: ForwardArgs) -> anyhow::Result<Summary> {
         "give --records, --duration or --ramp"
     );
     // Before any load: a bad CA, certificate or key file is a setup error naming the file.
-    let connector = Connector::new(&args.target, args.connect_timeout, &args.security)
-        .context("TLS set-up")?;
+    let connector =
+        Connector::new(&args.target, args.connect_timeout, &args.security).context("TLS set-up")?;
     let start = Instant::now();
     let pacer = schedule.map(Pacer::new);
     if let Some(p) = &pacer {
