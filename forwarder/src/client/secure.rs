@@ -99,15 +99,6 @@ impl Security {
         })
     }
 
-    /// Neither TLS nor a handshake (tests).
-    pub fn none() -> Security {
-        Security {
-            tls: None,
-            auth: None,
-            timeout: Duration::from_secs(10),
-        }
-    }
-
     /// Whether connections use TLS.
     pub fn uses_tls(&self) -> bool {
         self.tls.is_some()
