@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use logferry_common::chunk::{FsyncPolicy, OverflowAction};
-use logferry_common::config::{duration, parse_listen_addr, parse_toml, read_file, ByteSize};
+use logferry_common::config::{
+    duration, parse_listen_addr, parse_toml, read_file, ByteSize, Secret,
+};
 pub use logferry_common::config::{ConfigError, ConfigErrors};
 use serde::Deserialize;
 
@@ -528,10 +530,10 @@ pub struct EsAuthConfig {
     pub username: Option<String>,
     /// Basic auth password (use `${ENV}`).
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// API key: the base64 `id:key` as ES returns it in `encoded` (use `${ENV}`).
     #[serde(default)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
 }
 
 /// `tls` of an HTTP output.
@@ -1190,9 +1192,11 @@ mod tests {
         };
         // The template reference survives ${ENV} substitution; the secret is substituted.
         assert_eq!(es.index, "logs-${kubernetes.namespace_name}-%Y.%m.%d");
-        assert_eq!(
-            es.auth.as_ref().unwrap().api_key.as_deref(),
-            Some("c2VjcmV0")
+        let key = es.auth.as_ref().unwrap().api_key.as_ref().unwrap();
+        assert_eq!(key.expose(), "c2VjcmV0");
+        assert!(
+            !format!("{:?}", es.auth).contains("c2VjcmV0"),
+            "secrets do not print"
         );
         assert_eq!(es.action, EsAction::Index);
         assert!(es.generate_id);

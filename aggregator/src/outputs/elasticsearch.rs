@@ -85,9 +85,9 @@ impl EsOutput {
             .request_body_compression(c.compression == HttpCompression::Gzip);
         if let Some(auth) = &c.auth {
             if let Some(key) = &auth.api_key {
-                builder = builder.auth(Credentials::EncodedApiKey(key.clone()));
+                builder = builder.auth(Credentials::EncodedApiKey(key.expose().to_owned()));
             } else if let (Some(u), Some(p)) = (&auth.username, &auth.password) {
-                builder = builder.auth(Credentials::Basic(u.clone(), p.clone()));
+                builder = builder.auth(Credentials::Basic(u.clone(), p.expose().to_owned()));
             }
         }
         if c.tls.insecure_skip_verify {
