@@ -10,6 +10,8 @@
 //!   duplicates (files are re-read from older offsets or from their start), never data; a sled
 //!   directory that fails to open is moved aside and a fresh one is used, rather than
 //!   crash-looping the DaemonSet pod.
+//! - An offset never moves backwards ([`Store::set`]) except through [`Store::reset`], which
+//!   the committer applies when a file was truncated and is read again from its start.
 //! - Entries not updated for [`TTL`] are forgotten at startup (files long gone).
 //!
 //! Value layout: `offset u64 BE | updated_ms u64 BE | real_path_len u16 BE | real_path |

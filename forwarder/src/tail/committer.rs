@@ -5,6 +5,11 @@
 //! order, so waiting in order costs nothing, and a mark can never overtake the frame of an
 //! earlier mark of the same file.
 //!
+//! A [`Commit::Reset`] (a file truncated and read again from its start) lowers the offset.
+//! The tailer sends it after every frame of the file's earlier content, so those frames, applied
+//! in order before it even if their tickets resolve late, can no longer raise the offset above
+//! the new content's; the frames of the new content then move it on from there.
+//!
 //! A ticket that fails (the buffer could not write or sync) freezes that file's offset for the
 //! rest of this process run: later frames of the file may be durable, but the lines of the
 //! failed one are not, and the offset must stay before them. The tailer stops on such an
@@ -74,6 +79,15 @@ pub async fn run(mut rx: mpsc::Receiver<Commit>, store: Arc<Mutex<Store>>) {
                     frozen.insert(new);
                 }
                 lock(&store).rekey(old, new, &real_path);
+            }
+            Commit::Reset(mark) => {
+                // Lowering an offset only re-reads lines, so it applies to a frozen file too
+                // (which stays frozen).
+                lock(&store).reset(mark.fp, mark.offset, &mark.real_path, &mark.glob_path);
+                // Written at once: a stale, higher offset left on disk by a crash would skip
+                // the new content's lines up to it once the file grew past it.
+                flush(&store).await;
+                dirty = false;
             }
             Commit::Forget(fp) => {
                 if !frozen.contains(&fp) {

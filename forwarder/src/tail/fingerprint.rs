@@ -16,6 +16,14 @@
 //! with neither a complete first line nor [`HEAD_BYTES`] bytes has no fingerprint yet and is
 //! looked at again later. Every container log line starts with a timestamp, so first lines
 //! of different files differ.
+//!
+//! Limit: docker json-file puts the time last, so a file truncated in place and rewritten with
+//! the same long first message keeps its fingerprint. The tailer notices such a truncation when
+//! the file is shorter than where it was read or checkpointed, and then reads it from its start
+//! and resets the checkpoint; one rewritten past its old checkpoint while the forwarder was down
+//! cannot be told from growth. Nothing cheaper helps: the birth time and the inode survive a
+//! truncation, and any change to the hash or the key would orphan every stored checkpoint at
+//! the upgrade (files re-read whole, or with `read_from = "tail"` skipped to their ends).
 
 use std::fs::File;
 use std::io;

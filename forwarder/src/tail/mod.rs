@@ -12,6 +12,11 @@
 //!   `rotate_wait` (the runtime may write a little more before it reopens). A copytruncate copy
 //!   (same first line, another inode) continues where the truncated original stopped. A restart
 //!   finds files rotated out of the globs again through the real path kept in their checkpoint.
+//! - **A truncated file moves its checkpoint back.** A file found shorter than its checkpoint,
+//!   or truncated while tailed and given the same first line again (so the same fingerprint),
+//!   is read from its start and its checkpoint is reset ([`Commit::Reset`]), after every frame
+//!   of its earlier content; the position of that content (an orphan waiting for its copy)
+//!   then neither forgets nor moves the checkpoint the new content holds.
 //! - **Back-pressure, never silent drops.** Appending to a full buffer blocks this thread, so
 //!   files are simply not read until the aggregators catch up; bytes that are truncated away
 //!   before they were read are counted in `logferry_tail_unread_bytes`.
@@ -157,6 +162,11 @@ pub enum Commit {
         /// The copy's real path.
         real_path: Arc<PathBuf>,
     },
+    /// A file was truncated and is read again from its start: its offset moves back to
+    /// `mark.offset`. Sent after every frame of the file's earlier content, so that no
+    /// late commit of that content (applied in order before it) can raise the offset above
+    /// the new content's again.
+    Reset(Mark),
     /// A file was read to its end and released (or its position given up).
     Forget(Fingerprint),
 }
@@ -286,6 +296,9 @@ pub struct Tailer {
     /// Paths matched but without a complete first line yet.
     waiting: HashSet<PathBuf>,
     orphans: Vec<Orphan>,
+    /// Inodes truncated while tailed, with their first line's hash then, until they are opened
+    /// again (one entry per truncated file not opened since: deleted ones stay, 24 bytes each).
+    truncated: HashMap<(u64, u64), u64>,
     first_scan: bool,
     next_rescan: Instant,
     counts: Counts,
@@ -344,6 +357,7 @@ impl Tailer {
             deferred: HashSet::new(),
             waiting: HashSet::new(),
             orphans: Vec::new(),
+            truncated: HashMap::new(),
             first_scan: true,
             next_rescan: Instant::now(),
             counts: Counts::default(),
@@ -552,15 +566,23 @@ impl Tailer {
             }
         };
         let size = meta.len();
+        // Truncated while we were reading it and rewritten with the same first line: the same
+        // identity, new content. Decided here, not by the store, which may not have applied
+        // the old content's frames (or its copy's rekey) yet. (With another first line it is
+        // another file, with no checkpoint of its own.)
+        if self.truncated.remove(&key) == Some(fp.head) {
+            tracing::info!(path = %path.display(), size, "truncated file starts with the same line again; reading it from the start");
+            self.track_truncated(file, fp, path, size);
+            return true;
+        }
         let stored = lock(&self.store).get(&fp).map(|c| c.offset);
         if let Some(offset) = stored {
-            let offset = if offset > size {
+            if offset > size {
                 tracing::warn!(path = %path.display(), offset, size, "file is shorter than its checkpoint; reading it from the start");
-                0
+                self.track_truncated(file, fp, path, size);
             } else {
-                offset
-            };
-            self.track(file, fp, path, path, offset, size);
+                self.track(file, fp, path, path, offset, size);
+            }
             return true;
         }
         if exact_only {
@@ -645,6 +667,31 @@ impl Tailer {
         offset: u64,
         size: u64,
     ) {
+        let first = self.start_tailing(file, fp, path, glob, offset, size);
+        self.send(Commit::Mark(first));
+    }
+
+    /// Tracks a file truncated since its checkpoint (or since it was last read) from its start,
+    /// and moves its checkpoint back. Every frame of its earlier content was sent before (the
+    /// truncation was seen by `on_truncated`, which cut them, or this process never read it),
+    /// so the committer lowers the offset after them.
+    fn track_truncated(&mut self, file: File, fp: Fingerprint, path: &Path, size: u64) {
+        let first = self.start_tailing(file, fp, path, path, 0, size);
+        self.send(Commit::Reset(first));
+    }
+
+    /// Starts tailing a file from `offset`; returns the first mark to record, which the caller
+    /// sends at once (the committer writes new files to disk immediately), so that a restart
+    /// can find this file again even if it is rotated away before its first frame.
+    fn start_tailing(
+        &mut self,
+        file: File,
+        fp: Fingerprint,
+        path: &Path,
+        glob: &Path,
+        offset: u64,
+        size: u64,
+    ) -> Mark {
         let glob_path = Arc::new(glob.to_path_buf());
         let real = Arc::new(real_path(path));
         let name = glob.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -676,11 +723,9 @@ impl Tailer {
         };
         tracing::debug!(path = %path.display(), offset, size, "tailing");
         self.watch_parent(&real);
-        // Recorded at once (the committer writes new files to disk immediately), so that a
-        // restart can find this file again even if it is rotated away before its first frame.
         let first = mark(&t, offset);
         self.files.insert((fp.dev, fp.ino), t);
-        self.send(Commit::Mark(first));
+        first
     }
 
     fn watch_parent(&mut self, real: &Path) {
@@ -861,7 +906,11 @@ impl Tailer {
                     telemetry::TAIL_UNREAD_BYTES.inc_by(unread);
                 }
                 tracing::warn!(path = %o.tailed.glob_path.display(), unread_bytes = unread, "file was truncated before it was read to its end, and no copy was found");
-                self.send(Commit::Forget(o.tailed.fp));
+                // Its checkpoint is the new content's if the file is tracked again under the
+                // same fingerprint (same first line).
+                if !self.files.values().any(|t| t.fp == o.tailed.fp) {
+                    self.send(Commit::Forget(o.tailed.fp));
+                }
             } else {
                 i += 1;
             }
@@ -872,8 +921,10 @@ impl Tailer {
     fn on_truncated(&mut self, mut t: Tailed) -> Result<(), Stopped> {
         self.cut_frame(&mut t)?;
         tracing::info!(path = %t.glob_path.display(), offset = t.read_offset, "file truncated (copytruncate?)");
-        // The truncated file is a new file once it has a first line again.
+        // The truncated file is a new file once it has a first line again (with the same
+        // first line, a new content under the same fingerprint).
         self.waiting.insert(t.glob_path.to_path_buf());
+        self.truncated.insert((t.fp.dev, t.fp.ino), t.fp.head);
         self.orphans.push(Orphan {
             tailed: t,
             since: Instant::now(),
@@ -1240,6 +1291,182 @@ fn flush_partials(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    /// A tailer of `<dir>/logs/*.log` (docker format) with an in-memory store, its committer
+    /// running on `rt`.
+    struct Rig {
+        rt: tokio::runtime::Runtime,
+        tailer: Tailer,
+        store: Arc<Mutex<Store>>,
+        committer: tokio::task::JoinHandle<()>,
+        log: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Rig {
+        fn new(store: Store) -> Rig {
+            let dir = tempfile::tempdir().unwrap();
+            let logs = dir.path().join("logs");
+            std::fs::create_dir_all(&logs).unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (buffer, _sealed, _) = Buffer::open(logferry_common::chunk::BufferOptions::new(
+                dir.path().join("buffer"),
+                "test",
+            ))
+            .unwrap();
+            let store = Arc::new(Mutex::new(store));
+            let (tx, rx) = mpsc::channel(1024);
+            let committer = rt.spawn(committer::run(rx, Arc::clone(&store)));
+            let glob = format!("{}/*.log", logs.display());
+            let discovery = Discovery::new(&[glob], &[], dir.path()).unwrap();
+            let opts = TailOptions {
+                format: Format::Docker,
+                read_from: ReadFrom::Head,
+                max_line_size: 64 * 1024,
+                max_message_size: 64 * 1024,
+                partial_timeout: Duration::from_secs(5),
+                rotate_wait: Duration::from_secs(5),
+                rescan_interval: Duration::from_secs(60),
+                poll_interval: Duration::from_secs(1),
+                tag_prefix: "test".into(),
+                batch_size: 1024 * 1024,
+                record: RecordOptions {
+                    merge_log: false,
+                    keep_log: false,
+                },
+            };
+            let (tailer, _) = Tailer::new(
+                opts,
+                discovery,
+                buffer,
+                rt.handle().clone(),
+                tx,
+                Arc::clone(&store),
+                None,
+                CancellationToken::new(),
+            );
+            Rig {
+                rt,
+                tailer,
+                store,
+                committer,
+                log: logs.join("app.log"),
+                _dir: dir,
+            }
+        }
+
+        /// One run-loop turn: rescan, open what waits for a first line, read every file.
+        fn turn(&mut self) {
+            self.tailer.rescan();
+            let waiting: Vec<PathBuf> = self.tailer.waiting.drain().collect();
+            for path in waiting {
+                self.tailer.open_new(&path, false);
+            }
+            self.tailer.pass().unwrap();
+        }
+
+        /// Ends the tailer, lets the committer apply everything, returns the store.
+        fn finish(self) -> Store {
+            drop(self.tailer);
+            self.rt.block_on(self.committer).unwrap();
+            let store = std::mem::replace(&mut *lock(&self.store), Store::in_memory());
+            store
+        }
+    }
+
+    /// A docker json-file line.
+    fn line(msg: &str) -> String {
+        format!("{{\"log\":\"{msg}\\n\",\"stream\":\"stdout\",\"time\":\"2026-12-02T16:00:00.000000000Z\"}}\n")
+    }
+    /// The first line of every content (100 bytes as a line).
+    const BANNER: &str = "app started, version 1.2.3-rc";
+
+    fn rewrite(path: &Path, banner: &str, lines: std::ops::Range<u32>) -> u64 {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(path)
+            .unwrap();
+        f.set_len(0).unwrap();
+        let mut text = line(banner);
+        for i in lines {
+            text.push_str(&line(&format!("line-{i:05}")));
+        }
+        f.write_all(text.as_bytes()).unwrap();
+        text.len() as u64
+    }
+
+    fn fp_of(path: &Path) -> Fingerprint {
+        fingerprint::fingerprint(&File::open(path).unwrap())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_file_shorter_than_its_checkpoint_moves_it_back() {
+        // A checkpoint of 1000 for a file now 100 bytes long with the same head (and inode).
+        let mut rig = Rig::new(Store::in_memory());
+        let size = rewrite(&rig.log, BANNER, 0..0);
+        assert_eq!(size, 100);
+        let fp = fp_of(&rig.log);
+        lock(&rig.store).set(fp, 1000, &rig.log, &rig.log);
+        rig.turn();
+        let store = rig.finish();
+        let cp = store.get(&fp).expect("checkpoint kept");
+        assert!(cp.offset <= size, "stale checkpoint {} > {size}", cp.offset);
+        assert_eq!(cp.offset, size, "read to its end");
+    }
+
+    /// Truncated while tailed (its frames possibly not yet durable) and rewritten shorter with
+    /// the same first line; with `copy`, a copytruncate copy of the old content was there first.
+    fn truncated_while_tailed(copy: bool) {
+        let mut rig = Rig::new(Store::in_memory());
+        let old_size = rewrite(&rig.log, BANNER, 0..50);
+        let fp = fp_of(&rig.log);
+        rig.turn();
+        let copy_path = rig.log.with_file_name("app-1.log");
+        let copy_fp = copy.then(|| {
+            std::fs::copy(&rig.log, &copy_path).unwrap();
+            fp_of(&copy_path)
+        });
+        let size = rewrite(&rig.log, BANNER, 0..2);
+        assert!(size < old_size);
+        assert_eq!(fp_of(&rig.log), fp, "same inode, same first line");
+        rig.turn(); // sees the truncation (and continues in the copy)
+        rig.turn(); // opens the file again
+        if !copy {
+            // The old content's copy never comes.
+            assert_eq!(rig.tailer.orphans.len(), 1);
+            rig.tailer.orphans[0].since = Instant::now()
+                .checked_sub(ORPHAN_TTL)
+                .expect("uptime over ORPHAN_TTL");
+            rig.turn();
+            assert!(rig.tailer.orphans.is_empty());
+        }
+        let store = rig.finish();
+        let cp = store.get(&fp).expect("the new content's checkpoint");
+        assert_eq!(cp.offset, size);
+        if let Some(copy_fp) = copy_fp {
+            let cp = store.get(&copy_fp).expect("the copy's checkpoint");
+            assert_eq!(cp.offset, old_size);
+        }
+    }
+
+    #[test]
+    fn truncated_while_tailed_with_the_same_first_line_resets_the_checkpoint() {
+        truncated_while_tailed(false);
+    }
+
+    #[test]
+    fn copytruncated_with_the_same_first_line_keeps_both_checkpoints() {
+        truncated_while_tailed(true);
+    }
 
     #[test]
     fn copies() {
