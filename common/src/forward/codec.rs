@@ -8,7 +8,7 @@
 //! - Bounded: a request is rejected as soon as it is *known* to exceed
 //!   [`Limits::max_request_bytes`] (a declared length is enough; the bytes are never awaited),
 //!   and gzip payloads are inflated in steps up to [`Limits::max_decompressed_bytes`] and no
-//!   further. Nesting is limited ([`REQUEST_MAX_DEPTH`]), so hostile input cannot exhaust the
+//!   further. Tags longer than [`Limits::max_tag_bytes`] are rejected before any entry is read. Nesting is limited ([`REQUEST_MAX_DEPTH`]), so hostile input cannot exhaust the
 //!   stack. No input panics.
 //! - One output shape: whatever carrier mode and time encoding came in, [`EventBatch::entries`]
 //!   holds canonical entries (`[EventTime fixext8, map]`, see [`super::entries`]).
@@ -60,6 +60,9 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// The largest payload a CompressedPackedForward request may inflate to.
     pub max_decompressed_bytes: usize,
+    /// The longest tag accepted on an event request, in bytes. Tags name routes, buffer
+    /// chunks and file outputs' files, so they are kept short.
+    pub max_tag_bytes: usize,
 }
 
 impl Limits {
@@ -67,6 +70,9 @@ impl Limits {
     pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
     /// Default [`Limits::max_decompressed_bytes`]: 64 MiB.
     pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
+    /// Default [`Limits::max_tag_bytes`]: 1 KiB. Fluentd tags are short; Kubernetes-derived
+    /// tags (`kube.var.log.containers.<pod>_<namespace>_<container>-<id>.log`) reach ~300 bytes.
+    pub const DEFAULT_MAX_TAG_BYTES: usize = 1024;
 }
 
 impl Default for Limits {
@@ -74,6 +80,7 @@ impl Default for Limits {
         Self {
             max_request_bytes: Self::DEFAULT_MAX_REQUEST_BYTES,
             max_decompressed_bytes: Self::DEFAULT_MAX_DECOMPRESSED_BYTES,
+            max_tag_bytes: Self::DEFAULT_MAX_TAG_BYTES,
         }
     }
 }
@@ -106,6 +113,12 @@ pub enum DecodeError {
     /// The tag is not valid UTF-8.
     #[error("tag is not valid UTF-8")]
     InvalidUtf8Tag,
+    /// The tag of an event request is longer than `limit` bytes ([`Limits::max_tag_bytes`]).
+    #[error("tag longer than {limit} bytes")]
+    TagTooLong {
+        /// The limit that was exceeded.
+        limit: usize,
+    },
     /// The gzip payload is corrupt or truncated.
     #[error("invalid gzip payload: {0}")]
     Gzip(#[source] std::io::Error),
@@ -131,6 +144,7 @@ impl DecodeError {
             Self::Msgpack(MsgpackError::TooDeep { .. }) => "too_deep",
             Self::Msgpack(_) => "invalid_msgpack",
             Self::InvalidUtf8Tag => "invalid_utf8_tag",
+            Self::TagTooLong { .. } => "tag_too_long",
             Self::Gzip(_) => "gzip",
             Self::UnexpectedEof { .. } => "unexpected_eof",
             Self::Io(_) => "io",
@@ -298,6 +312,11 @@ fn parse_request(frame: &Bytes, limits: &Limits) -> Result<Option<Request>, Deco
     }
     if arity < 2 {
         return Err(DecodeError::Malformed("request has fewer than 2 elements"));
+    }
+    if tag.len() > limits.max_tag_bytes {
+        return Err(DecodeError::TagTooLong {
+            limit: limits.max_tag_bytes,
+        });
     }
     let tag = std::str::from_utf8(tag).map_err(|_| DecodeError::InvalidUtf8Tag)?;
 
@@ -785,6 +804,37 @@ mod tests {
             Decoder::new(limits).decode(&mut buf).unwrap_err().code(),
             "request_too_large"
         );
+    }
+
+    #[test]
+    fn tag_length_is_limited() {
+        let limits = Limits {
+            max_tag_bytes: 8,
+            ..Limits::default()
+        };
+        for (tag, ok) in [("12345678", true), ("123456789", false)] {
+            let mut wire = Vec::new();
+            encode_packed_forward(tag, &canonical(1), 1, None, &mut wire);
+            let got = Decoder::new(limits).decode(&mut BytesMut::from(&wire[..]));
+            match got {
+                Ok(Some(request)) if ok => assert_eq!(events(&request).tag, tag),
+                Err(e) if !ok => {
+                    assert!(matches!(e, DecodeError::TagTooLong { limit: 8 }));
+                    assert_eq!(e.code(), "tag_too_long");
+                }
+                other => panic!("{tag:?}: {other:?}"),
+            }
+        }
+        // Message mode too, and with the default limit.
+        let tag = "t".repeat(Limits::DEFAULT_MAX_TAG_BYTES + 1);
+        let mut wire = vec![0x93, 0xda];
+        wire.extend_from_slice(&u16::try_from(tag.len()).unwrap().to_be_bytes());
+        wire.extend_from_slice(tag.as_bytes());
+        wire.extend_from_slice(&[0x01, 0x80]);
+        let err = Decoder::default()
+            .decode(&mut BytesMut::from(&wire[..]))
+            .unwrap_err();
+        assert_eq!(err.code(), "tag_too_long");
     }
 
     #[test]
