@@ -11,7 +11,9 @@
 //! {x,y}    either alternative ("app.{web,db}.*")
 //! a b      either pattern (space-separated)
 //! ```
-//! Matching runs once per request (a batch of records), never per record.
+//! Matching runs once per request (a batch of records), never per record, and takes time
+//! linear in the tag (at most `2 * pattern length + 2` steps per tag byte): tags come from the
+//! network, so no pattern may make a long tag cost quadratic time.
 
 use std::fmt;
 
@@ -136,24 +138,95 @@ fn tokenize(pattern: &str) -> Vec<Token> {
 }
 
 fn match_tokens(tokens: &[Token], tag: &[u8]) -> bool {
-    match tokens.split_first() {
-        None => tag.is_empty(),
-        Some((Token::Byte(b), rest)) => tag.first() == Some(b) && match_tokens(rest, &tag[1..]),
-        Some((Token::Star, rest)) => {
-            let limit = tag.iter().position(|&c| c == b'.').unwrap_or(tag.len());
-            (0..=limit).any(|n| match_tokens(rest, &tag[n..]))
-        }
-        Some((Token::DoubleStar, rest)) => {
-            // `**.` also matches with nothing before the dot (Fluentd's `(.*\.)?`).
-            if rest.first() == Some(&Token::Byte(b'.')) && match_tokens(&rest[1..], tag) {
-                return true;
+    match_counting(tokens, tag, &mut 0)
+}
+
+/// The matcher: a simulation of the pattern's NFA, one set of live states per tag byte, so
+/// it takes at most `(2 * tokens.len() + 2) * (tag.len() + 1)` steps (added to `steps`):
+/// linear in the tag, whatever the wildcards (trying every split point recursively was
+/// quadratic with two of them, audit #8).
+///
+/// States: `i <= n` is "tokens `i..` are still to match" (`n` is the accepting end);
+/// `n + 1 + i` is "inside the run of the `**` (after one byte) or `.**` (after its dot) at
+/// `i`". The transitions are the tokens' meanings: `Byte(b)` consumes `b`; `*` consumes a
+/// non-dot and stays, or steps on; `**` steps on, and when followed by `.` it may also skip
+/// that dot (`**.x` matches `x`, only when `**` matched nothing), or consumes a byte and
+/// enters its run; `.**` steps on, or consumes a `.` and enters its run. A run consumes
+/// anything and may step on to the next token at any point.
+fn match_counting(tokens: &[Token], tag: &[u8], steps: &mut u64) -> bool {
+    let n = tokens.len();
+    let mut nfa = Nfa {
+        tokens,
+        seen: vec![usize::MAX; 2 * n + 2],
+        next: Vec::with_capacity(2 * n + 2),
+        pending: Vec::new(),
+    };
+    let mut live = Vec::with_capacity(2 * n + 2);
+    nfa.add(0, 0);
+    std::mem::swap(&mut live, &mut nfa.next);
+    for (at, &c) in tag.iter().enumerate() {
+        // States entered after byte `at` are marked with generation `at + 1`.
+        let generation = at + 1;
+        for &state in &live {
+            *steps += 1;
+            let target = match tokens.get(state) {
+                Some(Token::Byte(b)) if *b == c => Some(state + 1),
+                Some(Token::Star) if c != b'.' => Some(state),
+                Some(Token::DoubleStar) => Some(n + 1 + state),
+                Some(Token::DotDoubleStar) if c == b'.' => Some(n + 1 + state),
+                Some(_) => None,
+                // The end accepts nothing more; a dot run consumes anything.
+                None if state == n => None,
+                None => Some(state),
+            };
+            if let Some(target) = target {
+                nfa.add(target, generation);
             }
-            (0..=tag.len()).any(|n| match_tokens(rest, &tag[n..]))
         }
-        Some((Token::DotDoubleStar, rest)) => {
-            match_tokens(rest, tag)
-                || (tag.first() == Some(&b'.')
-                    && (1..=tag.len()).any(|n| match_tokens(rest, &tag[n..])))
+        live.clear();
+        std::mem::swap(&mut live, &mut nfa.next);
+        if live.is_empty() {
+            return false;
+        }
+    }
+    live.contains(&n)
+}
+
+/// The state sets of [`match_counting`].
+struct Nfa<'a> {
+    tokens: &'a [Token],
+    /// The generation (tag position) at which each state was last added, to add it once.
+    seen: Vec<usize>,
+    /// The states live after the current byte.
+    next: Vec<usize>,
+    /// Work list of the epsilon closure.
+    pending: Vec<usize>,
+}
+
+impl Nfa<'_> {
+    /// Adds `state` and every state reachable from it without consuming a byte.
+    fn add(&mut self, state: usize, generation: usize) {
+        let n = self.tokens.len();
+        self.pending.push(state);
+        while let Some(s) = self.pending.pop() {
+            match self.seen.get_mut(s) {
+                Some(g) if *g != generation => *g = generation,
+                _ => continue,
+            }
+            self.next.push(s);
+            match self.tokens.get(s) {
+                Some(Token::Byte(_)) => {}
+                Some(Token::Star | Token::DotDoubleStar) => self.pending.push(s + 1),
+                Some(Token::DoubleStar) => {
+                    self.pending.push(s + 1);
+                    if self.tokens.get(s + 1) == Some(&Token::Byte(b'.')) {
+                        self.pending.push(s + 2);
+                    }
+                }
+                None if s == n => {}
+                // The run of the `**` or `.**` at `s - n - 1` may end here.
+                None => self.pending.push(s - n),
+            }
         }
     }
 }
@@ -240,6 +313,93 @@ mod tests {
             Pattern::parse(many),
             Err(PatternError::TooManyAlternatives(_))
         ));
+    }
+
+    /// The recursive matcher this module used before audit #8: the definition of the
+    /// semantics, kept as the oracle of `same_as_the_recursive_matcher`.
+    fn old_match(tokens: &[Token], tag: &[u8]) -> bool {
+        match tokens.split_first() {
+            None => tag.is_empty(),
+            Some((Token::Byte(b), rest)) => tag.first() == Some(b) && old_match(rest, &tag[1..]),
+            Some((Token::Star, rest)) => {
+                let limit = tag.iter().position(|&c| c == b'.').unwrap_or(tag.len());
+                (0..=limit).any(|n| old_match(rest, &tag[n..]))
+            }
+            Some((Token::DoubleStar, rest)) => {
+                // `**.` also matches with nothing before the dot (Fluentd's `(.*\.)?`).
+                if rest.first() == Some(&Token::Byte(b'.')) && old_match(&rest[1..], tag) {
+                    return true;
+                }
+                (0..=tag.len()).any(|n| old_match(rest, &tag[n..]))
+            }
+            Some((Token::DotDoubleStar, rest)) => {
+                old_match(rest, tag)
+                    || (tag.first() == Some(&b'.')
+                        && (1..=tag.len()).any(|n| old_match(rest, &tag[n..])))
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn same_as_the_recursive_matcher(
+            pattern in "[ab.*]{0,8}",
+            tag in "[ab.]{0,10}",
+        ) {
+            let tokens = tokenize(&pattern);
+            proptest::prop_assert_eq!(
+                match_tokens(&tokens, tag.as_bytes()),
+                old_match(&tokens, tag.as_bytes()),
+                "pattern {:?} tag {:?}", pattern, tag
+            );
+        }
+    }
+
+    /// Audit #8: every pattern shape against 1 MiB tags stays within the linear step bound.
+    #[test]
+    fn long_tags_match_in_linear_steps() {
+        let tags = [
+            ".error".repeat((1 << 20) / 6) + ".x",
+            "a".repeat(1 << 20),
+            "a.".repeat(1 << 19),
+            ".".repeat(1 << 20),
+            ".error".repeat((1 << 20) / 6) + ".log",
+        ];
+        let patterns = [
+            "**.error.**.log",
+            "**.**.**.x",
+            "*.*.*.*",
+            "a*a*a*a*b",
+            "**a**a**b",
+            "a.**.**.**.b",
+            ".**.**.**",
+            "**",
+            "kube.var.log.containers.**",
+            "{**.error,**.warn}.**.log",
+        ];
+        for pattern in patterns {
+            let compiled = Pattern::parse(pattern).unwrap();
+            for tag in &tags {
+                for tokens in &compiled.alternatives {
+                    let mut steps = 0;
+                    match_counting(tokens, tag.as_bytes(), &mut steps);
+                    let bound = (2 * tokens.len() as u64 + 2) * (tag.len() as u64 + 1);
+                    assert!(
+                        steps <= bound,
+                        "{pattern:?} on a {} byte tag: {steps} steps > {bound}",
+                        tag.len()
+                    );
+                }
+            }
+        }
+        let long = ".error".repeat((1 << 20) / 6);
+        assert!(Pattern::parse("**.error.**.log")
+            .unwrap()
+            .matches(&(long.clone() + ".log")));
+        assert!(!Pattern::parse("**.error.**.log")
+            .unwrap()
+            .matches(&(long + ".x")));
     }
 
     #[test]

@@ -178,45 +178,130 @@ pub fn value_len(buf: &[u8], max_depth: usize) -> Result<Option<usize>, MsgpackE
 
 /// Like [`value_len`], but an incomplete value also reports a lower bound on its length.
 ///
+/// Scans from the start of `buf` every time; a caller that waits for an incomplete value to
+/// arrive in pieces should keep a [`Scanner`] instead, so the bytes already walked are not
+/// walked again.
+///
 /// # Errors
 /// As [`value_len`].
 pub fn scan_value(buf: &[u8], max_depth: usize) -> Result<Scan, MsgpackError> {
-    let mut stack = DepthStack::default();
-    let mut pos: usize = 0;
-    loop {
-        let rest = buf.get(pos..).unwrap_or_default();
-        match head(rest)? {
-            Head::NeedHeader(n) => return Ok(incomplete(buf, add(pos, n as u64), &stack)),
-            Head::Leaf(n) => {
-                let end = add(pos, n);
-                match usize::try_from(end) {
-                    Ok(end) if end <= buf.len() => pos = end,
-                    _ => return Ok(incomplete(buf, end, &stack)),
-                }
-            }
-            Head::Container { header, children } => {
-                if stack.len >= max_depth {
-                    return Err(MsgpackError::TooDeep { max_depth });
-                }
-                // `head` only returns a container once its whole header is in `rest`.
-                pos += header;
-                if children > 0 {
-                    stack.push(children);
-                    continue;
-                }
-            }
+    Scanner::default().scan(buf, max_depth)
+}
+
+/// A resumable [`scan_value`] for a value that arrives in pieces.
+///
+/// When the buffer ends inside the value, the scanner keeps where it stopped (the start of the
+/// element it could not finish) and the open containers, and the next [`Scanner::scan`]
+/// continues from there. So a value trickled in any number of pieces is walked once in total,
+/// not once per piece.
+///
+/// Invariant: between two calls, the buffer passed must be the same bytes, possibly extended
+/// at the end, and `max_depth` the same. A complete value or an error resets the scanner to
+/// the start, ready for the next value (at the start of the buffer left after the caller
+/// removes this one). [`Scanner::reset`] starts over explicitly.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    /// Bytes of the current value already walked: the start of the next element to read.
+    pos: usize,
+    /// The open containers at `pos`.
+    stack: DepthStack,
+}
+
+impl Scanner {
+    /// Continues the scan of the value at the start of `buf`. See [`scan_value`] for the
+    /// outcome, and the [type docs](Scanner) for what `buf` must be.
+    ///
+    /// # Errors
+    /// As [`value_len`]; the scanner is reset.
+    pub fn scan(&mut self, buf: &[u8], max_depth: usize) -> Result<Scan, MsgpackError> {
+        if buf.len() < self.pos {
+            // Not the buffer of the previous calls: its progress means nothing here.
+            self.reset();
         }
-        // One value is complete: it may complete its parent, and so on up.
+        let result = self.resume(buf, max_depth);
+        if !matches!(result, Ok(Scan::Incomplete { .. })) {
+            self.reset();
+        }
+        result
+    }
+
+    /// Forgets any progress: the next scan starts at the first byte.
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.stack.clear();
+    }
+
+    #[inline]
+    fn resume(&mut self, buf: &[u8], max_depth: usize) -> Result<Scan, MsgpackError> {
+        let stack = &mut self.stack;
+        let mut pos = self.pos;
         loop {
-            match stack.last_mut() {
-                None => return Ok(Scan::Complete(pos)),
-                Some(left) if *left > 1 => {
-                    *left -= 1;
-                    break;
+            let rest = buf.get(pos..).unwrap_or_default();
+            match head(rest)? {
+                Head::NeedHeader(n) => {
+                    self.pos = pos;
+                    return Ok(incomplete(buf, add(pos, n as u64), stack));
                 }
-                Some(_) => stack.pop(),
+                Head::Leaf(n) => {
+                    let end = add(pos, n);
+                    match usize::try_from(end) {
+                        Ok(end) if end <= buf.len() => {
+                            #[cfg(test)]
+                            scan_count::add(end - pos);
+                            pos = end;
+                        }
+                        _ => {
+                            self.pos = pos;
+                            return Ok(incomplete(buf, end, stack));
+                        }
+                    }
+                }
+                Head::Container { header, children } => {
+                    if stack.len >= max_depth {
+                        return Err(MsgpackError::TooDeep { max_depth });
+                    }
+                    // `head` only returns a container once its whole header is in `rest`.
+                    #[cfg(test)]
+                    scan_count::add(header);
+                    pos += header;
+                    if children > 0 {
+                        stack.push(children);
+                        continue;
+                    }
+                }
+            }
+            // One value is complete: it may complete its parent, and so on up.
+            loop {
+                match stack.last_mut() {
+                    None => return Ok(Scan::Complete(pos)),
+                    Some(left) if *left > 1 => {
+                        *left -= 1;
+                        break;
+                    }
+                    Some(_) => stack.pop(),
+                }
             }
         }
+    }
+}
+
+/// Test instrumentation: bytes stepped over by the boundary scanner on this thread, so tests
+/// can prove that scanning stays linear in the input.
+#[cfg(test)]
+pub(crate) mod scan_count {
+    use std::cell::Cell;
+
+    thread_local! {
+        static BYTES: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn add(n: usize) {
+        BYTES.with(|b| b.set(b.get().saturating_add(n as u64)));
+    }
+
+    /// Bytes scanned on this thread so far.
+    pub(crate) fn get() -> u64 {
+        BYTES.with(Cell::get)
     }
 }
 
@@ -353,6 +438,11 @@ impl DepthStack {
         } else {
             self.spill.last_mut()
         }
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.spill.clear();
     }
 
     #[inline]
@@ -1320,6 +1410,42 @@ mod tests {
             }
             let mut cur = &bytes[..];
             let _ = read_token(&mut cur);
+        }
+
+        /// A value fed in pieces to one `Scanner` gives what one scan of the whole gives.
+        #[test]
+        fn resumed_scans_agree_with_one_scan(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::num::u8::ANY,
+                    proptest::strategy::Just(0x92u8),
+                    proptest::strategy::Just(0x81u8),
+                    proptest::strategy::Just(0xa2u8),
+                    proptest::strategy::Just(0xc4u8),
+                ],
+                0..200,
+            ),
+            cuts in proptest::collection::vec(0usize..200, 0..20),
+        ) {
+            let whole = scan_value(&bytes, 8);
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= bytes.len()).collect();
+            cuts.push(bytes.len());
+            cuts.sort_unstable();
+            let mut scanner = Scanner::default();
+            let mut last = None;
+            for cut in cuts {
+                let got = scanner.scan(&bytes[..cut], 8);
+                let done = !matches!(got, Ok(Scan::Incomplete { .. }));
+                last = Some(got);
+                if done {
+                    break;
+                }
+            }
+            proptest::prop_assert_eq!(last, Some(whole));
+            // Reset after a complete value or an error: the same scanner starts afresh.
+            if !matches!(whole, Ok(Scan::Incomplete { .. })) {
+                proptest::prop_assert_eq!(scanner.scan(&bytes, 8), whole);
+            }
         }
     }
 }

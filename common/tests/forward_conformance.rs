@@ -528,6 +528,7 @@ fn gzip_bomb_is_rejected_at_the_limit() {
     let limits = Limits {
         max_request_bytes: 1 << 20,
         max_decompressed_bytes: 4 << 20,
+        ..Limits::default()
     };
     let err = decode_all_with(limits, &frame).unwrap_err();
     assert!(
@@ -777,7 +778,7 @@ proptest! {
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), split in any::<usize>()) {
         let split = split % (bytes.len() + 1);
         let _ = decode_split(&bytes, &[split]);
-        let mut decoder = Decoder::new(Limits { max_request_bytes: 64, max_decompressed_bytes: 64 });
+        let mut decoder = Decoder::new(Limits { max_request_bytes: 64, max_decompressed_bytes: 64, max_tag_bytes: 16 });
         let mut buf = BytesMut::from(&bytes[..]);
         while let Ok(Some(_)) = decoder.decode(&mut buf) {}
         let mut buf = BytesMut::from(&bytes[..]);

@@ -143,6 +143,7 @@ impl Listeners {
                     && a.max_connections == b.max_connections
                     && a.max_request_bytes == b.max_request_bytes
                     && a.max_decompressed_bytes == b.max_decompressed_bytes
+                    && a.max_tag_bytes == b.max_tag_bytes
                     && a.dedupe_window == b.dedupe_window
             })
     }
@@ -211,6 +212,15 @@ impl Listeners {
                     ),
                 );
             }
+            if s.max_tag_bytes.bytes() < MIN_TAG_BYTES || s.max_tag_bytes > s.max_request_bytes {
+                err(
+                    "max_tag_bytes",
+                    format!(
+                        "must be at least {MIN_TAG_BYTES} bytes and at most max_request_bytes ({})",
+                        s.max_request_bytes
+                    ),
+                );
+            }
             for (k, v) in [
                 ("idle_timeout", s.idle_timeout),
                 ("handshake_timeout", s.handshake_timeout),
@@ -274,6 +284,10 @@ impl Listeners {
     }
 }
 
+/// Smallest `max_tag_bytes` accepted: Kubernetes-derived tags are ~300 bytes, so a lower limit
+/// would only refuse legitimate senders.
+const MIN_TAG_BYTES: u64 = 256;
+
 /// One Forward listener.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -290,6 +304,10 @@ pub struct ServerConfig {
     /// Largest decompressed size of a gzip request (zip-bomb guard).
     #[serde(default = "defaults::max_decompressed_bytes")]
     pub max_decompressed_bytes: ByteSize,
+    /// Longest tag accepted; a request with a longer tag is a decode error
+    /// (`code="tag_too_long"`) and closes the connection.
+    #[serde(default = "listener_defaults::max_tag_bytes")]
+    pub max_tag_bytes: ByteSize,
     /// Connections served at once; more are closed on accept.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
@@ -333,6 +351,7 @@ impl Default for ServerConfig {
             listen: defaults::listen(),
             max_request_bytes: defaults::max_request_bytes(),
             max_decompressed_bytes: defaults::max_decompressed_bytes(),
+            max_tag_bytes: listener_defaults::max_tag_bytes(),
             max_connections: defaults::max_connections(),
             max_connections_per_source: 0,
             idle_timeout: defaults::idle_timeout(),
@@ -505,6 +524,10 @@ impl AuthConfig {
 mod listener_defaults {
     use super::*;
 
+    pub(super) fn max_tag_bytes() -> ByteSize {
+        ByteSize(logferry_common::forward::Limits::DEFAULT_MAX_TAG_BYTES as u64)
+    }
+
     pub(super) fn handshake_timeout() -> Duration {
         Duration::from_secs(10)
     }
@@ -586,6 +609,21 @@ mod tests {
         let dbg = format!("{many:?}");
         assert!(!dbg.contains("\"pw\"") && !dbg.contains("\"own\""), "{dbg}");
         assert!(many.warnings().iter().all(|w| !w.contains("server[1]")));
+    }
+
+    #[test]
+    fn max_tag_bytes_per_listener_and_validated() {
+        let many = parse(
+            "[[server]]\nlisten = \"127.0.0.1:1\"\n[[server]]\nlisten = \"127.0.0.1:2\"\nmax_tag_bytes = 512\n",
+        );
+        many.validate().unwrap();
+        assert_eq!(many.server[0].max_tag_bytes.bytes(), 1024);
+        assert_eq!(many.server[1].max_tag_bytes.bytes(), 512);
+        for bad in ["100", "\"32MiB\""] {
+            let config = parse(&format!("[server]\nmax_tag_bytes = {bad}\n"));
+            let errors = config.validate().unwrap_err().to_string();
+            assert!(errors.contains("server.max_tag_bytes"), "{bad}: {errors}");
+        }
     }
 
     #[test]

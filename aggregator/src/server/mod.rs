@@ -168,6 +168,7 @@ impl ListenerSettings {
                     .unwrap_or(usize::MAX),
                 max_decompressed_bytes: usize::try_from(config.max_decompressed_bytes.bytes())
                     .unwrap_or(usize::MAX),
+                max_tag_bytes: usize::try_from(config.max_tag_bytes.bytes()).unwrap_or(usize::MAX),
             },
             idle_timeout: config.idle_timeout,
             read_timeout: config.read_timeout,

@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let mut decoder = Decoder::new(Limits {
         max_request_bytes: 64 * 1024,
         max_decompressed_bytes: 256 * 1024,
+        max_tag_bytes: 64,
     });
     let mut buf = BytesMut::new();
     let mut json = Vec::new();

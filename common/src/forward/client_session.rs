@@ -280,6 +280,7 @@ where
     let mut decoder = Decoder::new(Limits {
         max_request_bytes: MAX_HANDSHAKE_BYTES,
         max_decompressed_bytes: MAX_HANDSHAKE_BYTES,
+        max_tag_bytes: MAX_HANDSHAKE_BYTES,
     });
     let mut buf = BytesMut::with_capacity(1024);
     let mut session = ClientHandshake::new(auth.clone());

@@ -8,7 +8,7 @@
 //! - Bounded: a request is rejected as soon as it is *known* to exceed
 //!   [`Limits::max_request_bytes`] (a declared length is enough; the bytes are never awaited),
 //!   and gzip payloads are inflated in steps up to [`Limits::max_decompressed_bytes`] and no
-//!   further. Nesting is limited ([`REQUEST_MAX_DEPTH`]), so hostile input cannot exhaust the
+//!   further. Tags longer than [`Limits::max_tag_bytes`] are rejected before any entry is read. Nesting is limited ([`REQUEST_MAX_DEPTH`]), so hostile input cannot exhaust the
 //!   stack. No input panics.
 //! - One output shape: whatever carrier mode and time encoding came in, [`EventBatch::entries`]
 //!   holds canonical entries (`[EventTime fixext8, map]`, see [`super::entries`]).
@@ -19,9 +19,11 @@
 //!
 //! ## Operation
 //!
-//! 1. Find the end of the first top-level value with [`msgpack::scan_value`] (no allocation).
+//! 1. Find the end of the first top-level value with a [`msgpack::Scanner`] (no allocation).
 //!    Incomplete: remember the lower bound on its length, so the next call returns at once until
-//!    that many bytes are buffered, and reject it now if the bound exceeds the limit.
+//!    that many bytes are buffered, and reject it now if the bound exceeds the limit. The
+//!    scanner keeps its place, so the next call scans only the bytes that arrived since: a
+//!    request costs one scan of its bytes however it is trickled in (linear, never quadratic).
 //! 2. Split the value off and freeze it. `nil` is a [`Request::Heartbeat`]; anything that is
 //!    neither `nil` nor an array is dropped and decoding continues with the next value.
 //! 3. Classify the array: handshake (`"HELO"`/`"PING"`/`"PONG"` with their arities), else an
@@ -40,7 +42,7 @@ use super::encode::encode_entry;
 use super::entries::{self, RawTime, ENTRY_MAX_DEPTH};
 use super::event_time::EventTime;
 use super::handshake::{self, Message};
-use crate::msgpack::{self, Kind, MsgpackError, Scan, Token, DEFAULT_MAX_DEPTH};
+use crate::msgpack::{self, Kind, MsgpackError, Scan, Scanner, Token, DEFAULT_MAX_DEPTH};
 
 /// Nesting allowed in a whole request: the request array, the Forward entries array and the
 /// entry array around a record of [`DEFAULT_MAX_DEPTH`]. Records themselves are held to
@@ -58,6 +60,9 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// The largest payload a CompressedPackedForward request may inflate to.
     pub max_decompressed_bytes: usize,
+    /// The longest tag accepted on an event request, in bytes. Tags name routes, buffer
+    /// chunks and file outputs' files, so they are kept short.
+    pub max_tag_bytes: usize,
 }
 
 impl Limits {
@@ -65,6 +70,9 @@ impl Limits {
     pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
     /// Default [`Limits::max_decompressed_bytes`]: 64 MiB.
     pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
+    /// Default [`Limits::max_tag_bytes`]: 1 KiB. Fluentd tags are short; Kubernetes-derived
+    /// tags (`kube.var.log.containers.<pod>_<namespace>_<container>-<id>.log`) reach ~300 bytes.
+    pub const DEFAULT_MAX_TAG_BYTES: usize = 1024;
 }
 
 impl Default for Limits {
@@ -72,6 +80,7 @@ impl Default for Limits {
         Self {
             max_request_bytes: Self::DEFAULT_MAX_REQUEST_BYTES,
             max_decompressed_bytes: Self::DEFAULT_MAX_DECOMPRESSED_BYTES,
+            max_tag_bytes: Self::DEFAULT_MAX_TAG_BYTES,
         }
     }
 }
@@ -104,6 +113,12 @@ pub enum DecodeError {
     /// The tag is not valid UTF-8.
     #[error("tag is not valid UTF-8")]
     InvalidUtf8Tag,
+    /// The tag of an event request is longer than `limit` bytes ([`Limits::max_tag_bytes`]).
+    #[error("tag longer than {limit} bytes")]
+    TagTooLong {
+        /// The limit that was exceeded.
+        limit: usize,
+    },
     /// The gzip payload is corrupt or truncated.
     #[error("invalid gzip payload: {0}")]
     Gzip(#[source] std::io::Error),
@@ -129,6 +144,7 @@ impl DecodeError {
             Self::Msgpack(MsgpackError::TooDeep { .. }) => "too_deep",
             Self::Msgpack(_) => "invalid_msgpack",
             Self::InvalidUtf8Tag => "invalid_utf8_tag",
+            Self::TagTooLong { .. } => "tag_too_long",
             Self::Gzip(_) => "gzip",
             Self::UnexpectedEof { .. } => "unexpected_eof",
             Self::Io(_) => "io",
@@ -179,9 +195,12 @@ impl EventBatch {
 pub struct Decoder {
     limits: Limits,
     /// Lower bound on the length of the incomplete request at the front of the buffer: below
-    /// it, `decode` returns `Ok(None)` without rescanning. This is why a decoder serves one
-    /// stream (one buffer) only.
+    /// it, `decode` returns `Ok(None)` without looking at the bytes.
     need: usize,
+    /// Progress through the incomplete request at the front of the buffer, so each byte of a
+    /// request is scanned once however it is split. This is why a decoder serves one stream
+    /// (one buffer) only.
+    scanner: Scanner,
 }
 
 impl Default for Decoder {
@@ -193,7 +212,11 @@ impl Default for Decoder {
 impl Decoder {
     /// A decoder enforcing `limits`.
     pub fn new(limits: Limits) -> Self {
-        Self { limits, need: 0 }
+        Self {
+            limits,
+            need: 0,
+            scanner: Scanner::default(),
+        }
     }
 
     /// The limits in force.
@@ -206,8 +229,8 @@ impl Decoder {
     /// nor nil are consumed and ignored.
     ///
     /// Use one decoder per stream, and pass it the same buffer every time: it remembers how
-    /// many bytes the unfinished request at the front needs at least, and skips rescanning
-    /// until they are there.
+    /// far it scanned the unfinished request at the front and how many bytes that request
+    /// needs at least, waits until they are there, and then scans only the new bytes.
     ///
     /// # Errors
     /// See [`DecodeError`]; all are fatal for the connection. The bytes of a request that
@@ -222,7 +245,7 @@ impl Decoder {
             if buf.is_empty() || buf.len() < self.need {
                 return Ok(None);
             }
-            let scan = msgpack::scan_value(buf, REQUEST_MAX_DEPTH);
+            let scan = self.scanner.scan(buf, REQUEST_MAX_DEPTH);
             self.need = 0;
             let len = match scan? {
                 Scan::Complete(len) if len <= max => len,
@@ -231,7 +254,8 @@ impl Decoder {
                     return Ok(None);
                 }
                 Scan::Complete(_) | Scan::Incomplete { .. } => {
-                    return Err(DecodeError::RequestTooLarge { limit: max })
+                    self.scanner.reset();
+                    return Err(DecodeError::RequestTooLarge { limit: max });
                 }
             };
             let frame = buf.split_to(len).freeze();
@@ -288,6 +312,11 @@ fn parse_request(frame: &Bytes, limits: &Limits) -> Result<Option<Request>, Deco
     }
     if arity < 2 {
         return Err(DecodeError::Malformed("request has fewer than 2 elements"));
+    }
+    if tag.len() > limits.max_tag_bytes {
+        return Err(DecodeError::TagTooLong {
+            limit: limits.max_tag_bytes,
+        });
     }
     let tag = std::str::from_utf8(tag).map_err(|_| DecodeError::InvalidUtf8Tag)?;
 
@@ -778,6 +807,37 @@ mod tests {
     }
 
     #[test]
+    fn tag_length_is_limited() {
+        let limits = Limits {
+            max_tag_bytes: 8,
+            ..Limits::default()
+        };
+        for (tag, ok) in [("12345678", true), ("123456789", false)] {
+            let mut wire = Vec::new();
+            encode_packed_forward(tag, &canonical(1), 1, None, &mut wire);
+            let got = Decoder::new(limits).decode(&mut BytesMut::from(&wire[..]));
+            match got {
+                Ok(Some(request)) if ok => assert_eq!(events(&request).tag, tag),
+                Err(e) if !ok => {
+                    assert!(matches!(e, DecodeError::TagTooLong { limit: 8 }));
+                    assert_eq!(e.code(), "tag_too_long");
+                }
+                other => panic!("{tag:?}: {other:?}"),
+            }
+        }
+        // Message mode too, and with the default limit.
+        let tag = "t".repeat(Limits::DEFAULT_MAX_TAG_BYTES + 1);
+        let mut wire = vec![0x93, 0xda];
+        wire.extend_from_slice(&u16::try_from(tag.len()).unwrap().to_be_bytes());
+        wire.extend_from_slice(tag.as_bytes());
+        wire.extend_from_slice(&[0x01, 0x80]);
+        let err = Decoder::default()
+            .decode(&mut BytesMut::from(&wire[..]))
+            .unwrap_err();
+        assert_eq!(err.code(), "tag_too_long");
+    }
+
+    #[test]
     fn errors() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![0x90], "malformed"),
@@ -882,6 +942,43 @@ mod tests {
         assert_eq!(got[0], Request::Heartbeat);
         // Only ignored values: everything consumed, nothing returned.
         assert!(decode_all(&[0x01, 0x02, 0x80]).is_empty());
+    }
+
+    /// Audit E3: one incomplete request (an array32 of 1-byte elements, then 257-byte str8
+    /// elements) whose bytes arrive exactly up to the decoder's `need` bound each time. Every
+    /// arrival used to rescan the whole buffer (quadratic); the scan must resume instead.
+    #[test]
+    fn trickled_request_is_scanned_in_linear_time() {
+        const BULK: usize = 100_000;
+        const TAIL: usize = 2000;
+        let mut stream = vec![0xdd];
+        stream.extend_from_slice(&u32::try_from(BULK + TAIL).unwrap().to_be_bytes());
+        stream.resize(stream.len() + BULK, 0x01);
+        for _ in 0..TAIL {
+            stream.extend_from_slice(&[0xd9, 0xff]);
+            stream.extend_from_slice(&[b'a'; 255]);
+        }
+        let head = 5 + BULK;
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::from(&stream[..head]);
+        let before = msgpack::scan_count::get();
+        let mut steps = 0;
+        while buf.len() < stream.len() {
+            assert_eq!(decoder.decode(&mut buf).unwrap(), None);
+            let next = decoder.need.min(stream.len());
+            assert!(next > buf.len(), "need must exceed the buffer");
+            buf.extend_from_slice(&stream[buf.len()..next]);
+            steps += 1;
+        }
+        // The whole value has arrived: an array that is not a request.
+        assert_eq!(decoder.decode(&mut buf).unwrap_err().code(), "malformed");
+        let scanned = msgpack::scan_count::get() - before;
+        assert!(steps > 100, "the trickle took {steps} steps");
+        assert!(
+            scanned < 3 * stream.len() as u64,
+            "scanned {scanned} bytes for a {} byte request in {steps} steps",
+            stream.len()
+        );
     }
 
     #[test]

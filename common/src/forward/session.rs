@@ -300,6 +300,7 @@ impl ServerHandshake {
             decoder: Decoder::new(Limits {
                 max_request_bytes: MAX_HANDSHAKE_BYTES,
                 max_decompressed_bytes: MAX_HANDSHAKE_BYTES,
+                max_tag_bytes: MAX_HANDSHAKE_BYTES,
             }),
             done: false,
         })
