@@ -982,6 +982,30 @@ impl Config {
             }
             output.validate_into(&key, &mut output_errors);
         }
+        // Two file outputs on one directory would append to the same files, each delivering
+        // and retrying the other's tags.
+        let mut file_dirs: BTreeMap<PathBuf, &str> = BTreeMap::new();
+        for (name, output) in &self.outputs {
+            let OutputConfig::File(f) = output else {
+                continue;
+            };
+            if f.path.as_os_str().is_empty() {
+                continue;
+            }
+            let dir = normalize_dir(&f.path);
+            match file_dirs.get(&dir) {
+                Some(first) => err(
+                    &format!("outputs.{name}.path"),
+                    format!(
+                        "file outputs {first:?} and {name:?} both write to {}; give each its own directory",
+                        dir.display()
+                    ),
+                ),
+                None => {
+                    file_dirs.insert(dir, name);
+                }
+            }
+        }
 
         if self.routes.is_empty() {
             err(
@@ -1043,6 +1067,20 @@ impl Config {
 /// Parses a `host:port` listen address.
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     parse_listen_addr(s, "127.0.0.1:24224")
+}
+
+/// A directory path without `.` components, repeated or trailing separators (lexically only:
+/// `..` and symlinks are kept, as resolving them needs IO).
+fn normalize_dir(path: &std::path::Path) -> PathBuf {
+    let dir: PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    }
 }
 
 #[cfg(test)]
@@ -1122,6 +1160,52 @@ mod tests {
         let err = Config::parse_with_env(text, no_env).unwrap_err();
         assert_eq!(err.0[0].key, "outputs.f.path");
         assert!(err.0[0].message.contains("OUT_DIR"));
+    }
+
+    #[test]
+    fn file_outputs_may_not_share_a_path() {
+        let text = r#"
+            [[route]]
+            match = "**"
+            outputs = ["a", "b", "c", "d"]
+            [outputs.a]
+            type = "file"
+            path = "/data/out"
+            [outputs.b]
+            type = "file"
+            path = "/data//./out/"
+            [outputs.c]
+            type = "file"
+            path = "/data/out2"
+            [outputs.d]
+            type = "file"
+            path = "./rel"
+        "#;
+        let config = Config::parse_with_env(text, no_env).unwrap();
+        let errors = config.validate().unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "outputs.b.path");
+        let message = &errors[0].message;
+        assert!(
+            message.contains("\"a\"") && message.contains("\"b\""),
+            "{message}"
+        );
+        let fine = text
+            .replace("./rel", "rel")
+            .replace("/data//./out/", "/data/out3");
+        Config::parse_with_env(&fine, no_env)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let clash = text
+            .replace("/data//./out/", "/data/out3")
+            .replace("/data/out2", "rel");
+        let errors = Config::parse_with_env(&clash, no_env)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .0;
+        assert_eq!(errors[0].key, "outputs.d.path", "{errors:?}");
     }
 
     #[test]
