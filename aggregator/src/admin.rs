@@ -1,15 +1,27 @@
-//! The HTTP admin listener: `/metrics`, `/healthz`, `/readyz`, `POST /reload`.
+//! The HTTP admin listener: `/metrics`, `/healthz`, `/readyz`, `POST /reload`,
+//! `POST /dead-letter/replay`.
 //!
 //! `/healthz` answers 200 while the process runs (liveness must not flap with load).
 //! `/readyz` answers 200 only while the aggregator accepts and stores records: 503 while it
 //! starts, while it drains for shutdown, while any output's buffer is over its limit, and while
 //! an output has been failing longer than its `unready_after`, so a Kubernetes Service stops
 //! sending new connections to a full, stuck or leaving pod.
+//!
+//! `POST /dead-letter/replay?output=NAME[&timeout=60s][&kind=KIND]` replays that output's dead
+//! letters inside this process, through the output's own worker objects
+//! ([`crate::outputs::dead_letter::Replayer`]), and answers the
+//! [`crate::outputs::dead_letter::ReplayReport`] as JSON (200, also when files are left: the
+//! report says so). Errors are `{"error": "..."}`: 400 for a bad parameter, 404 for an unknown
+//! output, 409 while another replay of that output runs, 503 while shutting down, 500 for a
+//! dead-letter directory that cannot be read or written. This is what
+//! `logferry-aggregator dead-letter replay` calls when an aggregator holds the buffer.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -19,7 +31,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::outputs::dead_letter::{ReplayError, Replayer};
 use crate::outputs::OutputHealth;
+
+/// The dead-letter replayers of the running outputs, by output name.
+pub type Replayers = BTreeMap<String, Arc<Replayer>>;
+
+/// Default `timeout` of `POST /dead-letter/replay` (the CLI's default too).
+pub const DEFAULT_REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Lifecycle phase, for `/readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +110,7 @@ pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 struct AdminState {
     status: Arc<Status>,
     reload: mpsc::Sender<ReloadRequest>,
+    replayers: Arc<Replayers>,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` is cancelled.
@@ -98,6 +118,7 @@ pub async fn serve(
     listener: TcpListener,
     status: Arc<Status>,
     reload: mpsc::Sender<ReloadRequest>,
+    replayers: Arc<Replayers>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = axum::Router::new()
@@ -105,7 +126,12 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/reload", post(reload_config))
-        .with_state(AdminState { status, reload });
+        .route("/dead-letter/replay", post(replay_dead_letters))
+        .with_state(AdminState {
+            status,
+            reload,
+            replayers,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -151,5 +177,143 @@ async fn reload_config(State(state): State<AdminState>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down\n".to_owned(),
         ),
+    }
+}
+
+/// `{"error": why}` with `code`.
+fn json_error(code: StatusCode, why: impl std::fmt::Display) -> axum::response::Response {
+    let body = serde_json::json!({ "error": why.to_string() }).to_string();
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The parameters of `POST /dead-letter/replay`.
+#[derive(Debug, PartialEq, Eq)]
+struct ReplayParams {
+    output: String,
+    timeout: Duration,
+    kind: Option<String>,
+}
+
+impl ReplayParams {
+    fn parse(query: Option<&str>) -> Result<ReplayParams, String> {
+        let mut output = None;
+        let mut timeout = DEFAULT_REPLAY_TIMEOUT;
+        let mut kind = None;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value)?;
+            match key {
+                "output" => output = Some(value),
+                "timeout" => {
+                    timeout = humantime::parse_duration(&value)
+                        .map_err(|e| format!("timeout {value:?}: {e}"))?
+                }
+                "kind" => kind = Some(value),
+                other => return Err(format!("unknown parameter {other:?}")),
+            }
+        }
+        let output = output
+            .filter(|o| !o.is_empty())
+            .ok_or("missing parameter output=NAME")?;
+        Ok(ReplayParams {
+            output,
+            timeout,
+            kind,
+        })
+    }
+}
+
+/// Decodes `%XX` escapes and `+` (a space) of a query value.
+fn percent_decode(value: &str) -> Result<String, String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("bad escape in {value:?}"))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{value:?} is not UTF-8"))
+}
+
+async fn replay_dead_letters(
+    State(state): State<AdminState>,
+    RawQuery(query): RawQuery,
+) -> axum::response::Response {
+    let params = match ReplayParams::parse(query.as_deref()) {
+        Ok(p) => p,
+        Err(why) => return json_error(StatusCode::BAD_REQUEST, why),
+    };
+    let Some(replayer) = state.replayers.get(&params.output) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no output named {:?} in the running aggregator",
+                params.output
+            ),
+        );
+    };
+    tracing::info!(output = %params.output, timeout = ?params.timeout, kind = ?params.kind, "dead-letter replay requested");
+    match replayer
+        .replay(params.timeout, params.kind.as_deref())
+        .await
+    {
+        Ok(report) => {
+            tracing::info!(output = %params.output, ?report, "dead-letter replay finished");
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::to_string(&report).unwrap_or_default(),
+            )
+                .into_response()
+        }
+        Err(e @ ReplayError::Busy(_)) => json_error(StatusCode::CONFLICT, e),
+        Err(e @ ReplayError::ShuttingDown) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => {
+            tracing::error!(output = %params.output, error = %e, "dead-letter replay failed");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_parameters() {
+        assert_eq!(
+            ReplayParams::parse(Some("output=es&timeout=5s&kind=too%5Flarge")),
+            Ok(ReplayParams {
+                output: "es".into(),
+                timeout: Duration::from_secs(5),
+                kind: Some("too_large".into()),
+            })
+        );
+        assert_eq!(
+            ReplayParams::parse(Some("output=a+b")).map(|p| (p.output, p.timeout)),
+            Ok(("a b".into(), DEFAULT_REPLAY_TIMEOUT))
+        );
+        assert!(ReplayParams::parse(None).is_err());
+        assert!(ReplayParams::parse(Some("output=")).is_err());
+        assert!(ReplayParams::parse(Some("output=es&timeout=soon")).is_err());
+        assert!(ReplayParams::parse(Some("output=es&force=1")).is_err());
+        assert!(ReplayParams::parse(Some("output=%zz")).is_err());
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! ## Shutdown (SIGTERM, SIGINT)
 //! ```text
-//! readyz 503 -> stop accepting; connections stop reading, ack what they stored, close
+//! readyz 503 -> a running dead-letter replay stops (its file stays), new ones are refused
+//!            -> stop accepting; connections stop reading, ack what they stored, close
 //!            -> buffers seal their open chunks (fsync) and close
 //!            -> outputs deliver what is left until shutdown_timeout (from the signal)
 //!            -> whatever is undelivered stays on disk for the next start
@@ -36,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Phase, ReloadRequest, Status};
 use crate::config::{parse_addr, Config, ConfigErrors};
 use crate::dedupe::AckedChunks;
+use crate::outputs::dead_letter::Replayer;
 use crate::outputs::{DeadLetters, Output, OutputError, OutputHealth, Worker};
 use crate::route::{Pattern, Router};
 use crate::server::{ListenerSet, Pipeline};
@@ -112,6 +114,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     let mut buffers = Vec::with_capacity(names.len());
     let mut workers = Vec::with_capacity(names.len());
     let mut healths = Vec::with_capacity(names.len());
+    // Cancelled when shutdown begins: a dead-letter replay running then stops (its file stays).
+    let replay_stop = CancellationToken::new();
+    let mut replayers = admin::Replayers::new();
     for name in &names {
         let output_config = &config.outputs[name];
         let dir = output_buffer_dir(&config, name);
@@ -135,6 +140,24 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
                 })?;
         let health = Arc::new(OutputHealth::new(name, output_config.unready_after()));
         healths.push(Arc::clone(&health));
+        let dead_letters = Arc::new(DeadLetters::new(
+            crate::outputs::dead_letter::dir_of(&dir),
+            name,
+            output_config.dead_letter().clone(),
+        ));
+        // Admin replays go through this worker's output and dead letters, never a second
+        // instance writing the same files.
+        replayers.insert(
+            name.clone(),
+            Arc::new(Replayer::new(
+                name,
+                output.clone(),
+                output_config.retry().clone(),
+                Arc::clone(&dead_letters),
+                Arc::clone(&health),
+                replay_stop.clone(),
+            )),
+        );
         workers.push(Worker {
             name: name.clone(),
             output,
@@ -142,11 +165,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
             sealed,
             retry: output_config.retry().clone(),
             concurrency: output_config.concurrency(),
-            dead_letters: Arc::new(DeadLetters::new(
-                crate::outputs::dead_letter::dir_of(&dir),
-                name,
-                output_config.dead_letter().clone(),
-            )),
+            dead_letters,
             health,
         });
         buffers.push(buffer);
@@ -180,6 +199,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         admin_listener,
         Arc::clone(&status),
         reload_tx,
+        Arc::new(replayers),
         admin_stop.clone(),
     ));
 
@@ -237,6 +257,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     let deadline = tokio::time::Instant::now() + running.shutdown_timeout;
     tracing::info!(timeout = ?running.shutdown_timeout, "shutting down: draining connections and outputs");
     status.set(Phase::Draining);
+    replay_stop.cancel();
     stop_accepting.cancel();
     if tokio::time::timeout_at(deadline, server_task)
         .await

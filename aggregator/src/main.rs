@@ -14,6 +14,10 @@ use logferry_common::telemetry::{init_logging, LogFormat};
 
 /// Exit code of `validate` for an invalid config (EX_CONFIG, as Vector uses).
 const EXIT_CONFIG: u8 = 78;
+/// Exit code of `dead-letter replay` when it must not run now (EX_TEMPFAIL): the buffer is locked
+/// by a running aggregator whose admin listener cannot be reached, or that is busy or stopping.
+/// Nothing was replayed or written.
+const EXIT_TEMPFAIL: u8 = 75;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,9 +67,17 @@ enum DeadLetterCommand {
         #[arg(long, default_value_t = 0)]
         show: usize,
     },
-    /// Re-send dead letters through the output as configured now (after a fix), deleting each
-    /// file once its records are delivered; records refused again are written back as new dead
-    /// letters with the new reason. Safe while the aggregator runs.
+    /// Re-send dead letters through the output (after a fix), deleting each file once its
+    /// records are delivered; records refused again are written back as new dead letters with
+    /// the new reason.
+    ///
+    /// While an aggregator runs on this buffer (it holds <buffer.path>/LOCK), the replay runs
+    /// inside it: this command asks its admin listener ([admin] listen, or --admin) and the
+    /// records go through the running output, with the running process's config (a changed
+    /// [outputs] needs a restart first). If that listener cannot be reached, nothing is done
+    /// (exit 75). With no aggregator running, this command takes the lock for its whole run
+    /// (an aggregator starting meanwhile fails and is restarted) and replays with the config
+    /// file as it is now. Never writes into a running output's files.
     Replay {
         #[command(flatten)]
         target: DeadLetterTarget,
@@ -75,6 +87,13 @@ enum DeadLetterCommand {
         /// Only files holding at least one group of this kind (e.g. `rejected`, `too_large`).
         #[arg(long)]
         kind: Option<String>,
+        /// The running aggregator's admin listener (HOST:PORT), when [admin] listen of the
+        /// config is not how to reach it (port 0, another address from here).
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<String>,
+        /// Print the summary as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -224,9 +243,24 @@ fn dead_letter(command: DeadLetterCommand) -> ExitCode {
     let dir = dead_letter::dir_of(&output_buffer_dir(&config, &target.output));
     let result = match &command {
         DeadLetterCommand::List { show, .. } => dead_letter_list(&dir, *show),
-        DeadLetterCommand::Replay { timeout, kind, .. } => {
-            dead_letter_replay(&target.output, output, &dir, *timeout, kind.as_deref())
-        }
+        DeadLetterCommand::Replay {
+            timeout,
+            kind,
+            admin,
+            json,
+            ..
+        } => dead_letter_replay(
+            &config,
+            &target.output,
+            output,
+            &dir,
+            ReplayOptions {
+                timeout: *timeout,
+                kind: kind.as_deref(),
+                admin: admin.as_deref(),
+                json: *json,
+            },
+        ),
     };
     match result {
         Ok(code) => code,
@@ -286,27 +320,211 @@ fn dead_letter_list(dir: &std::path::Path, show: usize) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// How `dead-letter replay` was asked to run.
+struct ReplayOptions<'a> {
+    timeout: std::time::Duration,
+    kind: Option<&'a str>,
+    admin: Option<&'a str>,
+    json: bool,
+}
+
+/// Why `dead-letter replay` did not replay.
+#[derive(Debug, thiserror::Error)]
+enum ReplayCliError {
+    /// Nothing was done; trying again later (or with --admin) may work.
+    #[error("{0}")]
+    NotNow(String),
+    /// Anything else.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
 fn dead_letter_replay(
+    config: &Config,
     name: &str,
     output: &OutputConfig,
     dir: &std::path::Path,
-    timeout: std::time::Duration,
-    kind: Option<&str>,
+    opts: ReplayOptions<'_>,
 ) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let report = rt.block_on(dead_letter::replay(name, output, dir, timeout, kind))?;
-    println!(
-        "replayed {} file(s): {} record(s) delivered, {} dead again, {} file(s) left to retry",
-        report.files_done, report.delivered, report.dead_again, report.files_left
-    );
-    Ok(if report.files_left > 0 {
+    let root = &config.buffer.path;
+    let result = match try_lock_root(root)
+        .with_context(|| format!("cannot open the lock file of {}", root.display()))?
+    {
+        Some(_lock) => {
+            // No aggregator on this buffer, and none can start while the lock is held.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(dead_letter::replay(
+                name,
+                output,
+                dir,
+                opts.timeout,
+                opts.kind,
+            ))
+            .map(|r| (r, "alone"))
+            .map_err(|e| ReplayCliError::Other(e.into()))
+        }
+        None => {
+            let addr = opts
+                .admin
+                .map_or_else(|| admin_target(&config.admin.listen), |a| Ok(a.to_owned()));
+            addr.map_err(ReplayCliError::NotNow).and_then(|addr| {
+                let files = dead_letter::list_files(dir)
+                    .map_err(anyhow::Error::from)?
+                    .len();
+                replay_remote(root, &addr, name, &opts, files).map(|r| (r, "aggregator"))
+            })
+        }
+    };
+    let (report, via) = match result {
+        Ok(r) => r,
+        Err(ReplayCliError::NotNow(why)) => {
+            eprintln!("error: {why}");
+            return Ok(ExitCode::from(EXIT_TEMPFAIL));
+        }
+        Err(ReplayCliError::Other(e)) => return Err(e),
+    };
+    if opts.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["output"] = serde_json::Value::from(name);
+        v["via"] = serde_json::Value::from(via);
+        println!("{v}");
+    } else {
+        println!(
+            "replayed {} file(s): {} record(s) delivered, {} dead again, {} file(s) left to retry",
+            report.files_done, report.delivered, report.dead_again, report.files_left
+        );
+    }
+    if report.interrupted {
+        eprintln!("error: the replay was interrupted (the aggregator is shutting down); the files not done stay");
+    }
+    Ok(if report.files_left > 0 || report.interrupted {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Takes the buffer root's lock (as the aggregator does, `common::chunk::lock_root`), or
+/// `None` when another process holds it.
+fn try_lock_root(root: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
+    std::fs::create_dir_all(root)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join("LOCK"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Where to reach an admin listener configured as `listen` from this host.
+fn admin_target(listen: &str) -> Result<String, String> {
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("[admin] listen {listen:?}: {e}; pass --admin HOST:PORT"))?;
+    if addr.port() == 0 {
+        return Err(format!(
+            "[admin] listen {listen:?} has port 0, so the running aggregator's admin port is not known; nothing was replayed. Pass --admin HOST:PORT"
+        ));
+    }
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    Ok(std::net::SocketAddr::new(ip, addr.port()).to_string())
+}
+
+/// `POST /dead-letter/replay` to the running aggregator at `addr`; `files` (in the directory
+/// now) bounds how long its answer may take.
+fn replay_remote(
+    root: &std::path::Path,
+    addr: &str,
+    name: &str,
+    opts: &ReplayOptions<'_>,
+    files: usize,
+) -> Result<dead_letter::ReplayReport, ReplayCliError> {
+    use std::io::{Read, Write};
+    let unreachable = |e: &dyn std::fmt::Display| {
+        ReplayCliError::NotNow(format!(
+            "buffer {} is locked by a running aggregator (or another replay), but its admin \
+             listener {addr} cannot be reached ({e}); nothing was replayed. Pass --admin \
+             HOST:PORT to reach it, or stop it first",
+            root.display()
+        ))
+    };
+    let sock: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(|e| unreachable(&e))?
+        .next()
+        .ok_or_else(|| unreachable(&"no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&sock, std::time::Duration::from_secs(5))
+        .map_err(|e| unreachable(&e))?;
+    // The aggregator gives each file up to `timeout`; a margin for the rest.
+    let per_file = opts.timeout + std::time::Duration::from_secs(30);
+    let wait = per_file * u32::try_from(files + 1).unwrap_or(u32::MAX);
+    stream
+        .set_read_timeout(Some(wait))
+        .and_then(|()| stream.set_write_timeout(Some(std::time::Duration::from_secs(10))))
+        .context("cannot set socket timeouts")?;
+    let mut query = format!(
+        "output={}&timeout={}ms",
+        query_escape(name),
+        opts.timeout.as_millis()
+    );
+    if let Some(kind) = opts.kind {
+        query.push_str(&format!("&kind={}", query_escape(kind)));
+    }
+    write!(
+        stream,
+        "POST /dead-letter/replay?{query} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| unreachable(&e))?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).with_context(|| {
+        format!("no complete answer from the aggregator at {addr}; the replay may still be running there, see `dead-letter list`")
+    })?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("not an HTTP answer from {addr}: {head:?}"))?;
+    if status == 200 {
+        return serde_json::from_str(body)
+            .with_context(|| format!("bad replay summary from {addr}: {body:?}"))
+            .map_err(ReplayCliError::Other);
+    }
+    let why = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.trim().to_owned());
+    let msg = format!("the aggregator at {addr} refused the replay ({status}): {why}");
+    Err(match status {
+        409 | 503 => ReplayCliError::NotNow(msg),
+        _ => ReplayCliError::Other(anyhow::anyhow!(msg)),
+    })
+}
+
+/// Escapes a query value (everything but unreserved characters).
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 fn inspect(dir: &std::path::Path) -> ExitCode {

@@ -463,7 +463,10 @@ fn partial_failure_retries_429s_and_dead_letters_mapping_errors_then_replays() {
     );
     assert!(text.contains("bad-3"), "--show prints records: {text}");
 
-    // The fix: a new index where `n` is text, in the config the replay reads.
+    // The fix: a new index where `n` is text, in the config the replay reads. A running
+    // aggregator would replay with its running config, so it is stopped first: with no
+    // aggregator on the buffer, replay runs alone with the config file as it is now.
+    agg.stop(Duration::from_secs(30));
     let fixed = format!("{index}-fixed");
     let config = std::fs::read_to_string(&agg.config_path).unwrap();
     std::fs::write(
@@ -499,7 +502,6 @@ fn partial_failure_retries_429s_and_dead_letters_mapping_errors_then_replays() {
         Duration::from_secs(30),
     );
     assert!(String::from_utf8_lossy(&list.stdout).contains("0 file(s), 0 record(s)"));
-    agg.stop(Duration::from_secs(30));
 }
 
 #[test]

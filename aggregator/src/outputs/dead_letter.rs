@@ -2,6 +2,18 @@
 //! is dropped silently and `logferry-aggregator dead-letter replay` can re-send them after a
 //! fix (a mapping corrected, a size limit raised).
 //!
+//! ## Replay
+//! Two ways, never both on one buffer:
+//! - In the running aggregator ([`Replayer`], admin `POST /dead-letter/replay`): the records
+//!   go through the output instance the worker delivers with (the same file output with its
+//!   lock, the same Elasticsearch client, ...), which already serialises or handles concurrent
+//!   deliveries, and new dead letters go through the worker's own [`DeadLetters`]. Replays of
+//!   one output run one at a time; shutdown interrupts a running one (its file stays).
+//! - Alone ([`replay`]), only while the caller holds the buffer root's lock (`buffer.path/LOCK`),
+//!   i.e. no aggregator runs on this buffer: an output built a second time would treat the live
+//!   process's files as its own (the file output cuts "torn" last lines that are in fact
+//!   another process's write in progress).
+//!
 //! ## Format
 //! ```text
 //! <buffer.path>/outputs/<output>/dead-letter/
@@ -33,6 +45,8 @@
 //!   dropped and counted (`when_full = "drop"`).
 //! - Replay deletes a file only after each of its records was delivered or written again to a
 //!   new dead-letter file (with the new reason); a replay that runs out of time leaves the file.
+//! - A directory created for dead letters is made durable (each created directory's parent is
+//!   fsync'd) before the first file in it counts as written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -187,7 +201,7 @@ impl DeadLetters {
             let path = path.to_owned();
             move |source| DeadLetterError::Io { op, path, source }
         };
-        std::fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
+        create_dir_durably(&self.dir)?;
         let seq = self.next_seq();
         let header = ChunkHeader::new(seq, self.output.clone(), SystemTime::now())
             .encode()
@@ -223,15 +237,59 @@ impl DeadLetters {
                 seq += 1;
             };
             std::fs::rename(&tmp, &final_path).map_err(io("rename", &tmp))?;
-            std::fs::File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io("fsync", &self.dir))
+            sync_dir(&self.dir)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
         result
     }
+}
+
+/// Creates `dir` and any missing ancestors, fsyncing the parent of each one created, so the
+/// new directory entries survive a crash (a dead letter in a directory whose name was lost is
+/// lost with it).
+fn create_dir_durably(dir: &Path) -> Result<(), DeadLetterError> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing.push(d);
+        cur = d.parent();
+    }
+    std::fs::create_dir_all(dir).map_err(|source| DeadLetterError::Io {
+        op: "create",
+        path: dir.to_owned(),
+        source,
+    })?;
+    // Outermost first: each parent's entry is durable before the child's is synced.
+    for created in missing.into_iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Directories fsync'd by this thread (tests check which directories were made durable).
+    static SYNCED_DIRS: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// fsyncs a directory, so the entries created or renamed in it are durable.
+fn sync_dir(dir: &Path) -> Result<(), DeadLetterError> {
+    #[cfg(test)]
+    SYNCED_DIRS.with(|s| s.borrow_mut().push(dir.to_owned()));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| DeadLetterError::Io {
+            op: "fsync",
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 /// The dead-letter directory of an output whose buffer is in `buffer_dir`.
@@ -491,8 +549,8 @@ fn decode_envelope(buf: &Bytes) -> Option<DeadGroup> {
     Some(g)
 }
 
-/// What `dead-letter replay` did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What `dead-letter replay` did (also the JSON body of admin `POST /dead-letter/replay`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReplayReport {
     /// Files whose records were all delivered or written back as new dead letters (deleted).
     pub files_done: u64,
@@ -502,6 +560,15 @@ pub struct ReplayReport {
     pub delivered: u64,
     /// Records refused again (written to new dead-letter files with the new reason).
     pub dead_again: u64,
+    /// Records of the files left in place (they still fail).
+    pub still_failing: u64,
+    /// Dead-letter files in the directory afterwards (left ones, new ones, and files that
+    /// `kind` did not select).
+    pub remaining_files: u64,
+    /// Records in those files.
+    pub remaining_records: u64,
+    /// The replay stopped early (shutdown): the files not done yet stay.
+    pub interrupted: bool,
 }
 
 /// Why a replay could not run.
@@ -518,10 +585,17 @@ pub enum ReplayError {
     /// Dead-letter files could not be listed, read or written.
     #[error(transparent)]
     DeadLetters(#[from] DeadLetterError),
+    /// A replay of this output is already running in this process.
+    #[error("a replay of output {0} is already running; try again when it has finished")]
+    Busy(String),
+    /// The aggregator is shutting down.
+    #[error("the aggregator is shutting down")]
+    ShuttingDown,
 }
 
-/// Re-sends the dead letters in `dir` through output `name` as configured now. Files are done
-/// one at a time, oldest first; see the module docs for what happens to each.
+/// Re-sends the dead letters in `dir` through output `name` as configured now, with an output
+/// built here. Only for a process holding the buffer root's lock (no aggregator running on
+/// it): see the module docs. Files are done one at a time, oldest first.
 pub async fn replay(
     name: &str,
     config: &crate::config::OutputConfig,
@@ -547,21 +621,82 @@ pub async fn replay(
         )),
         health: std::sync::Arc::new(super::OutputHealth::new(name, std::time::Duration::ZERO)),
     };
+    let never = tokio_util::sync::CancellationToken::new();
+    let report = replay_with(&ctx, timeout, kind, &never).await;
+    output.close().await;
+    report
+}
+
+/// Replays one output's dead letters inside the running aggregator, through the worker's own
+/// output, dead letters and health (see the module docs).
+#[derive(Debug)]
+pub struct Replayer {
+    ctx: super::Ctx,
+    /// One replay at a time.
+    gate: tokio::sync::Mutex<()>,
+    /// Cancelled when the aggregator starts shutting down.
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Replayer {
+    /// A replayer sharing `output`, `dead_letters` and `health` with the output's worker.
+    pub fn new(
+        name: &str,
+        output: super::Output,
+        retry: crate::config::RetryConfig,
+        dead_letters: std::sync::Arc<DeadLetters>,
+        health: std::sync::Arc<super::OutputHealth>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Replayer {
+        Replayer {
+            ctx: super::Ctx {
+                name: name.to_owned(),
+                output,
+                retry,
+                dead_letters,
+                health,
+            },
+            gate: tokio::sync::Mutex::new(()),
+            stop,
+        }
+    }
+
+    /// Replays the dead letters now; [`ReplayError::Busy`] while another replay of this output
+    /// runs, [`ReplayError::ShuttingDown`] once shutdown began.
+    pub async fn replay(
+        &self,
+        timeout: std::time::Duration,
+        kind: Option<&str>,
+    ) -> Result<ReplayReport, ReplayError> {
+        if self.stop.is_cancelled() {
+            return Err(ReplayError::ShuttingDown);
+        }
+        let Ok(_one) = self.gate.try_lock() else {
+            return Err(ReplayError::Busy(self.ctx.name.clone()));
+        };
+        replay_with(&self.ctx, timeout, kind, &self.stop).await
+    }
+}
+
+/// Replays the files in `ctx.dead_letters`' directory through `ctx.output`, oldest first.
+async fn replay_with(
+    ctx: &super::Ctx,
+    timeout: std::time::Duration,
+    kind: Option<&str>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<ReplayReport, ReplayError> {
+    let dir = ctx.dead_letters.dir().to_owned();
     let retry = crate::config::RetryConfig {
-        initial: config
-            .retry()
-            .initial
-            .min(std::time::Duration::from_secs(1)),
-        max_interval: config
-            .retry()
+        initial: ctx.retry.initial.min(std::time::Duration::from_secs(1)),
+        max_interval: ctx
+            .retry
             .max_interval
             .min(std::time::Duration::from_secs(10)),
         timeout,
         forever: false,
     };
-    let never = tokio_util::sync::CancellationToken::new();
     let mut report = ReplayReport::default();
-    for path in list_files(dir)? {
+    for path in list_files(&dir)? {
         let file = read_file(&path)?;
         if let Some(k) = kind {
             if !file.groups.iter().any(|g| g.kind == k) {
@@ -570,12 +705,14 @@ pub async fn replay(
         }
         let recs = file.to_records().recs;
         let total = recs.len() as u64;
-        let Some(dead) = super::deliver_records(&ctx, recs, &retry, &never).await else {
+        let Some(dead) = super::deliver_records(ctx, recs, &retry, stop).await else {
+            report.interrupted = true;
             break;
         };
         if dead.iter().any(|d| d.failure.kind == "retry_timeout") {
             tracing::error!(file = %path.display(), "records still fail; the file stays");
             report.files_left += 1;
+            report.still_failing += total;
             continue;
         }
         let dl = std::sync::Arc::clone(&ctx.dead_letters);
@@ -584,7 +721,7 @@ pub async fn replay(
             .await
             .map_err(|e| DeadLetterError::Io {
                 op: "write",
-                path: dir.to_owned(),
+                path: dir.clone(),
                 source: std::io::Error::other(e.to_string()),
             })??;
         std::fs::remove_file(&path).map_err(|source| DeadLetterError::Io {
@@ -596,7 +733,13 @@ pub async fn replay(
         report.dead_again += dead.len() as u64;
         report.delivered += total - dead.len() as u64;
     }
-    output.close().await;
+    for path in list_files(&dir)? {
+        report.remaining_files += 1;
+        // An unreadable file still counts as remaining; `dead-letter list` says what is wrong.
+        if let Ok(file) = read_file(&path) {
+            report.remaining_records += file.records();
+        }
+    }
     Ok(report)
 }
 
@@ -695,6 +838,35 @@ mod tests {
         );
         dropping.write(&[big(1)]).unwrap();
         assert_eq!(list_files(dl.dir()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_new_directory_is_made_durable_in_its_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let dl_dir = dir.path().join("outputs/es/dead-letter");
+        std::fs::create_dir_all(dir.path().join("outputs")).unwrap();
+        let dl = DeadLetters::new(&dl_dir, "es", DeadLetterConfig::default());
+        SYNCED_DIRS.with(|s| s.borrow_mut().clear());
+        dl.write(&[item(0, 0, "rejected", "r")]).unwrap();
+        let synced = SYNCED_DIRS.with(|s| s.borrow().clone());
+        // `outputs/es` and `dead-letter` were created: their parents, then the directory
+        // holding the new file.
+        assert_eq!(
+            synced,
+            vec![
+                dir.path().join("outputs"),
+                dir.path().join("outputs/es"),
+                dl_dir.clone()
+            ]
+        );
+        SYNCED_DIRS.with(|s| s.borrow_mut().clear());
+        dl.write(&[item(0, 1, "rejected", "r")]).unwrap();
+        let synced = SYNCED_DIRS.with(|s| s.borrow().clone());
+        assert_eq!(
+            synced,
+            vec![dl_dir],
+            "an existing directory needs no parent sync"
+        );
     }
 
     #[test]
