@@ -240,30 +240,94 @@ impl Decoder {
     }
 
     fn decode_next(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, DecodeError> {
-        let max = self.limits.max_request_bytes;
-        loop {
-            if buf.is_empty() || buf.len() < self.need {
-                return Ok(None);
-            }
-            let scan = self.scanner.scan(buf, REQUEST_MAX_DEPTH);
-            self.need = 0;
-            let len = match scan? {
-                Scan::Complete(len) if len <= max => len,
-                Scan::Incomplete { min_len } if min_len <= max => {
-                    self.need = min_len;
-                    return Ok(None);
-                }
-                Scan::Complete(_) | Scan::Incomplete { .. } => {
-                    self.scanner.reset();
-                    return Err(DecodeError::RequestTooLarge { limit: max });
-                }
-            };
-            let frame = buf.split_to(len).freeze();
-            if let Some(request) = parse_request(&frame, &self.limits)? {
+        while let Some(frame) = self.next_frame(buf)? {
+            if let Some(request) = frame.parse(&self.limits)? {
                 return Ok(Some(request));
             }
         }
+        Ok(None)
     }
+
+    /// Splits the next complete top-level value off the front of `buf` without parsing it:
+    /// step 1 of [`Decoder::decode`], for a caller that reserves memory before step 2
+    /// ([`Frame::parse_bound`], then [`Frame::parse`]). Same contract for `buf` as `decode`.
+    ///
+    /// # Errors
+    /// [`DecodeError::RequestTooLarge`], or invalid msgpack framing.
+    pub fn next_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        let max = self.limits.max_request_bytes;
+        if buf.is_empty() || buf.len() < self.need {
+            return Ok(None);
+        }
+        let scan = self.scanner.scan(buf, REQUEST_MAX_DEPTH);
+        self.need = 0;
+        let len = match scan? {
+            Scan::Complete(len) if len <= max => len,
+            Scan::Incomplete { min_len } if min_len <= max => {
+                self.need = min_len;
+                return Ok(None);
+            }
+            Scan::Complete(_) | Scan::Incomplete { .. } => {
+                self.scanner.reset();
+                return Err(DecodeError::RequestTooLarge { limit: max });
+            }
+        };
+        Ok(Some(Frame(buf.split_to(len).freeze())))
+    }
+}
+
+/// One complete top-level value of the stream, split off but not yet parsed
+/// ([`Decoder::next_frame`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    /// The value's bytes, exactly as received (a re-sent request has the same bytes).
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// Most bytes [`Frame::parse`] allocates for this frame (beyond the frame itself): for a
+    /// gzip request the inflated entries plus their canonical copy, each at most
+    /// `max_decompressed_bytes`; otherwise the canonical copy, at most four times the frame
+    /// (a time re-encoded as `EventTime` grows an entry of three bytes to twelve) and never
+    /// more than `max_decompressed_bytes`.
+    pub fn parse_bound(&self, limits: &Limits) -> usize {
+        if is_gzip_request(&self.0) {
+            limits.max_decompressed_bytes.saturating_mul(2)
+        } else {
+            self.0
+                .len()
+                .saturating_mul(4)
+                .min(limits.max_decompressed_bytes)
+        }
+    }
+
+    /// Parses the value: step 2 onwards of [`Decoder::decode`]. `Ok(None)` for a top-level
+    /// value that is to be ignored.
+    ///
+    /// # Errors
+    /// See [`DecodeError`].
+    pub fn parse(&self, limits: &Limits) -> Result<Option<Request>, DecodeError> {
+        parse_request(&self.0, limits)
+    }
+}
+
+/// Whether `frame` is a CompressedPackedForward request (`[tag, payload, {"compressed":
+/// "gzip"}]`); anything unreadable is "no" (the parse reports it).
+fn is_gzip_request(frame: &[u8]) -> bool {
+    fn probe(mut cur: &[u8]) -> Result<bool, DecodeError> {
+        let Token::Array(3) = msgpack::read_token(&mut cur)? else {
+            return Ok(false);
+        };
+        msgpack::skip_value(&mut cur, 1)?;
+        if !matches!(msgpack::peek_kind(cur)?, Kind::Bin | Kind::Str) {
+            return Ok(false);
+        }
+        msgpack::skip_value(&mut cur, 1)?;
+        Ok(Options::parse(&mut cur, true)?.gzip)
+    }
+    probe(frame).unwrap_or(false)
 }
 
 impl tokio_util::codec::Decoder for Decoder {
@@ -320,7 +384,10 @@ fn parse_request(frame: &Bytes, limits: &Limits) -> Result<Option<Request>, Deco
     }
     let tag = std::str::from_utf8(tag).map_err(|_| DecodeError::InvalidUtf8Tag)?;
 
-    let mut batch = Batch::default();
+    let mut batch = Batch {
+        limit: limits.max_decompressed_bytes,
+        ..Batch::default()
+    };
     match msgpack::peek_kind(cur)? {
         Kind::Array if (arity == 3 || arity == 4) && is_v15_time(cur) => {
             // [tag, [EventTime, metadata], record, options?] is a Message, not a Forward.
@@ -438,6 +505,9 @@ struct Batch {
     skipped: u32,
     /// "Now", read once per request for every entry without a time.
     now: Option<EventTime>,
+    /// Most bytes `owned` may hold (`max_decompressed_bytes`): re-encoding grows small entries
+    /// up to fourfold, and what is built here must still fit in a buffer frame.
+    limit: usize,
 }
 
 impl Batch {
@@ -481,8 +551,20 @@ impl Batch {
                 }
                 None => self.skipped = self.skipped.saturating_add(1),
             }
+            self.check_owned()?;
         }
+        self.check_owned()?;
         Ok(region.len() - cur.len())
+    }
+
+    /// Fails once the re-encoded entries outgrow [`Batch::limit`].
+    fn check_owned(&self) -> Result<(), DecodeError> {
+        match &self.owned {
+            Some(out) if out.len() > self.limit => {
+                Err(DecodeError::DecompressedTooLarge { limit: self.limit })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Message mode: `time, record` at `cur`.
@@ -768,6 +850,57 @@ mod tests {
         let batch = events(&decode_all(&wire)[0]).clone();
         assert_eq!((batch.records, batch.entries.len()), (0, 0));
         assert!(batch.ack().is_some());
+    }
+
+    #[test]
+    fn reencoded_entries_are_held_to_the_decompressed_limit() {
+        // 1000 entries `[nil, {}]` of 3 bytes each re-encode to 12 bytes each.
+        let mut entries = Vec::new();
+        for _ in 0..1000 {
+            entries.extend_from_slice(&[0x92, 0xc0, 0x80]);
+        }
+        let mut wire = Vec::new();
+        encode_packed_forward("t", &entries, 1000, None, &mut wire);
+        let limits = |max| Limits {
+            max_decompressed_bytes: max,
+            ..Limits::default()
+        };
+        let request = Decoder::new(limits(12_000))
+            .decode(&mut BytesMut::from(&wire[..]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(events(&request).entries.len(), 12_000);
+        assert!(matches!(
+            Decoder::new(limits(11_999)).decode(&mut BytesMut::from(&wire[..])),
+            Err(DecodeError::DecompressedTooLarge { limit: 11_999 })
+        ));
+    }
+
+    #[test]
+    fn parse_bound_covers_what_parse_allocates() {
+        let limits = Limits::default();
+        let entries = canonical(100);
+        let mut plain = Vec::new();
+        encode_packed_forward("t", &entries, 100, Some("c"), &mut plain);
+        let mut zipped = Vec::new();
+        encode_compressed_packed_forward("t", &gzip(&entries), 100, Some("c"), &mut zipped);
+        let frame = |wire: &[u8]| {
+            Decoder::new(limits)
+                .next_frame(&mut BytesMut::from(wire))
+                .unwrap()
+                .unwrap()
+        };
+        let plain = frame(&plain);
+        assert_eq!(plain.parse_bound(&limits), plain.bytes().len() * 4);
+        let zipped = frame(&zipped);
+        assert_eq!(
+            zipped.parse_bound(&limits),
+            2 * limits.max_decompressed_bytes
+        );
+        assert_eq!(
+            events(&zipped.parse(&limits).unwrap().unwrap()).entries,
+            entries
+        );
     }
 
     #[test]

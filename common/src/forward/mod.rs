@@ -62,7 +62,7 @@ pub mod handshake;
 pub mod session;
 
 pub use ack::{decode_ack, encode_ack};
-pub use codec::{DecodeError, Decoder, EventBatch, Limits, Request};
+pub use codec::{DecodeError, Decoder, EventBatch, Frame, Limits, Request};
 pub use encode::{encode_compressed_packed_forward, encode_entry, encode_packed_forward, gzip};
 pub use entries::{Entries, Entry};
 pub use event_time::EventTime;
