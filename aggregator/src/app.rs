@@ -25,10 +25,10 @@
 //! (`tls.watch_interval`), so a rotation needs no signal at all.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use logferry_common::chunk::{Buffer, BufferOptions, ChunkError};
+use logferry_common::chunk::{Buffer, BufferOptions, ChunkError, FsyncPolicy};
 use logferry_common::telemetry;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -37,10 +37,11 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Phase, ReloadRequest, Status};
 use crate::config::{parse_addr, Config, ConfigErrors};
 use crate::dedupe::AckedChunks;
+use crate::ingest::{MemoryBudget, Pipeline};
 use crate::outputs::dead_letter::Replayer;
 use crate::outputs::{DeadLetters, Output, OutputError, OutputHealth, Worker};
 use crate::route::{Pattern, Router};
-use crate::server::{ListenerSet, Pipeline};
+use crate::server::ListenerSet;
 
 /// Why the aggregator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -171,14 +172,21 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         buffers.push(buffer);
     }
 
-    let pipeline = Arc::new(Pipeline {
-        router: RwLock::new(Arc::new(build_router(&config, &names))),
-        buffers: buffers.clone(),
-        acked: AckedChunks::open(
-            &config.buffer.path.join("index"),
-            config.server.dedupe_window(),
-        ),
-    });
+    let index = config.buffer.path.join("index");
+    let window = config.server.dedupe_window();
+    let acked = if config.buffer.fsync == FsyncPolicy::Always {
+        AckedChunks::open(&index, window)
+    } else {
+        // Acks do not wait for fsync: a persisted key could outlive its data (dedupe module docs).
+        AckedChunks::in_memory(window)
+    };
+    let pipeline = Arc::new(Pipeline::new(
+        build_router(&config, &names),
+        buffers.clone(),
+        acked,
+        MemoryBudget::new(config.ingest.memory_limit.bytes()),
+        config.buffer.block_timeout,
+    ));
 
     let hard_stop = CancellationToken::new();
     let worker_tasks: Vec<_> = workers
@@ -353,6 +361,9 @@ fn reload(
     }
     if new.buffer != running.buffer {
         changed.push("[buffer]");
+    }
+    if new.ingest != running.ingest {
+        changed.push("[ingest]");
     }
     if new.outputs != running.outputs {
         changed.push("[outputs]");

@@ -44,6 +44,9 @@ pub struct Config {
     /// Buffer settings, applied to each output's buffer.
     #[serde(default)]
     pub buffer: BufferConfig,
+    /// What every input shares on its way into the buffers.
+    #[serde(default)]
+    pub ingest: IngestConfig,
     /// Tag routes, evaluated in order; the first match wins.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
@@ -59,6 +62,25 @@ pub struct AdminConfig {
     /// Address of `/metrics`, `/healthz`, `/readyz`, `/reload`.
     #[serde(default = "defaults::admin_listen")]
     pub listen: String,
+}
+
+/// `[ingest]`: limits shared by every input (all listeners and connections).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Most bytes of requests decoded (and inflated) but not yet handed to a buffer, over all
+    /// connections. Reserved before a request is parsed or inflated; a connection that finds
+    /// none free stops reading until some is.
+    #[serde(default = "defaults::ingest_memory_limit")]
+    pub memory_limit: ByteSize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            memory_limit: defaults::ingest_memory_limit(),
+        }
+    }
 }
 
 /// `[buffer]`: the durable chunk buffer of each output.
@@ -83,6 +105,10 @@ pub struct BufferConfig {
     /// What happens when the buffer is full.
     #[serde(default)]
     pub overflow_action: OverflowAction,
+    /// With `overflow_action = "block"`, the longest a request waits for room; then it is
+    /// refused (not acked, its connection closed) so the sender re-sends it later or elsewhere.
+    #[serde(default = "defaults::block_timeout", with = "duration")]
+    pub block_timeout: Duration,
     /// When data is fsync'd, and so what an ack promises.
     #[serde(default)]
     pub fsync: FsyncPolicy,
@@ -782,6 +808,12 @@ mod defaults {
     pub(super) fn total_limit_size() -> ByteSize {
         ByteSize::mib(1024)
     }
+    pub(super) fn block_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub(super) fn ingest_memory_limit() -> ByteSize {
+        ByteSize::mib(256)
+    }
     pub(super) fn commit_interval() -> Duration {
         Duration::from_secs(1)
     }
@@ -864,6 +896,7 @@ impl Default for BufferConfig {
             flush_interval: defaults::flush_interval(),
             total_limit_size: defaults::total_limit_size(),
             overflow_action: OverflowAction::default(),
+            block_timeout: defaults::block_timeout(),
             fsync: FsyncPolicy::default(),
             commit_interval: defaults::commit_interval(),
         }
@@ -956,6 +989,18 @@ impl Config {
         }
         if b.flush_interval.is_zero() {
             err("buffer.flush_interval", "must be greater than 0".into());
+        }
+        if b.block_timeout.is_zero() {
+            err("buffer.block_timeout", "must be greater than 0".into());
+        }
+        if self.ingest.memory_limit < self.server.max_decompressed_bytes() {
+            err(
+                "ingest.memory_limit",
+                format!(
+                    "must be at least server.max_decompressed_bytes ({}), or the largest request could never be decoded",
+                    self.server.max_decompressed_bytes()
+                ),
+            );
         }
         if b.fsync == FsyncPolicy::Interval && b.commit_interval.is_zero() {
             err(

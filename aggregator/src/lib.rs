@@ -2,8 +2,9 @@
 //! output, fanning records out to Elasticsearch, Kafka, Cloud Logging or files.
 //!
 //! ```text
-//! server (accept; limits) -> connection (decode; dedupe chunk id) -> route (tag patterns)
-//!   -> buffer per output (append; group-commit fsync) -> ack {"ack": chunk}
+//! server (accept; limits) -> connection (decode; dedupe re-sends)
+//!   -> ingest (memory budget; route by tag; append per output, in order) -> buffer per output
+//!   (group-commit fsync) -> ack {"ack": chunk}
 //!   -> output worker (sealed chunks; retry with backoff) -> sink -> chunk deleted
 //! ```
 //!
@@ -13,9 +14,11 @@
 //!
 //! - [`config`]: the TOML schema and its validation.
 //! - [`server`]: the Forward listener and per-connection handling.
+//! - [`ingest`]: what every input shares to store a batch: routing, the memory budget,
+//!   ordered appends with a bounded wait for room.
 //! - [`route`]: Fluentd tag patterns.
 //! - [`payload`]: what a chunk frame holds.
-//! - [`dedupe`]: recently acked chunk ids.
+//! - [`dedupe`]: recently acked requests (re-sends are acked, not stored twice).
 //! - [`outputs`]: the output workers and the outputs themselves.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/reload`.
 //! - [`app`]: start, reload and graceful shutdown.
@@ -24,6 +27,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod dedupe;
+pub mod ingest;
 pub mod outputs;
 pub mod payload;
 pub mod route;

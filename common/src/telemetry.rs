@@ -156,6 +156,21 @@ metric!(
         "Forward connections refused or closed by the server, by reason", &["reason"])
 );
 metric!(
+    /// Bytes of requests decoded but not yet handed to a buffer (aggregator ingest budget).
+    INGEST_MEMORY_BYTES: IntGauge = gauge("logferry_ingest_memory_bytes",
+        "Bytes of requests decoded (and inflated) but not yet handed to a buffer")
+);
+metric!(
+    /// `[ingest] memory_limit`.
+    INGEST_MEMORY_LIMIT_BYTES: IntGauge = gauge("logferry_ingest_memory_limit_bytes",
+        "Most bytes of requests decoded but not yet handed to a buffer ([ingest] memory_limit)")
+);
+metric!(
+    /// Times a request waited for ingest memory (the connection stopped reading meanwhile).
+    INGEST_MEMORY_WAITS: IntCounter = counter("logferry_ingest_memory_waits_total",
+        "Requests that waited for ingest memory before being decoded")
+);
+metric!(
     /// Files being tailed (forwarder).
     TAIL_FILES: IntGauge = gauge("logferry_tail_files", "Files being tailed")
 );
@@ -214,6 +229,9 @@ pub fn register_all() {
     LazyLock::force(&FORWARD_DECODE_ERRORS);
     LazyLock::force(&FORWARD_ACKS);
     LazyLock::force(&FORWARD_CLOSED_CONNECTIONS);
+    LazyLock::force(&INGEST_MEMORY_BYTES);
+    LazyLock::force(&INGEST_MEMORY_LIMIT_BYTES);
+    LazyLock::force(&INGEST_MEMORY_WAITS);
     LazyLock::force(&TAIL_FILES);
     LazyLock::force(&TAIL_UNREAD_BYTES);
     LazyLock::force(&BUFFER_COMMIT_DURATION);

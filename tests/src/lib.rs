@@ -278,6 +278,8 @@ pub struct AggregatorConfig {
     /// When non-empty, replaces the whole `[server]` table (and so `forward_listen` and
     /// `server_extra`): e.g. several `[[server]]` tables.
     pub servers: String,
+    /// Extra lines of the `[buffer]` table.
+    pub buffer_extra: String,
     /// Appended verbatim to the generated config (it lands in `[outputs.out]`).
     pub extra_toml: String,
     /// The outputs of the catch-all route (default `["out"]`); more outputs are defined in
@@ -298,6 +300,7 @@ impl Default for AggregatorConfig {
             output_type: "file".into(),
             server_extra: String::new(),
             servers: String::new(),
+            buffer_extra: String::new(),
             extra_toml: String::new(),
             route_outputs: vec!["out".into()],
         }
@@ -325,6 +328,7 @@ flush_interval = "{flush}"
 total_limit_size = "{total}"
 overflow_action = "{overflow}"
 fsync = "{fsync}"
+{buffer_extra}
 
 [[route]]
 match = "**"
@@ -342,6 +346,7 @@ type = "{otype}"
             total = self.total_limit_size,
             overflow = self.overflow_action,
             fsync = self.fsync,
+            buffer_extra = self.buffer_extra,
             otype = self.output_type,
             route_outputs = Value::from(self.route_outputs.clone()),
         );

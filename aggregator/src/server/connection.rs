@@ -1,15 +1,22 @@
 //! One Forward connection: TLS and the shared-key handshake when configured, then decode
-//! requests, append them to the routed buffers, ack when durable.
+//! requests, store each through [`crate::ingest`], ack when durable.
 //!
 //! ## Design constraints
 //! - An ack leaves only after every buffer the request was appended to reported the bytes
 //!   durable (the commit tickets resolved). A request that could not be stored everywhere is
 //!   never acked; the connection is closed so the sender re-sends it soon.
-//! - Reading and acking are pipelined: the reader keeps decoding and appending while earlier
-//!   requests wait for their group commit, so consecutive requests of one connection share
-//!   fsyncs too. The queue between the two halves is bounded ([`MAX_PENDING_ACKS`]), and an
-//!   append into a full `block` buffer waits: either way the reader stops reading the socket,
-//!   which is how back-pressure reaches the sender.
+//! - Each request is stored and committed on its own task, and acked when *it* is durable
+//!   (acks are keyed by chunk id, so they need not follow request order). A request waiting
+//!   for room in a full `block` buffer therefore holds back only requests for that buffer
+//!   (whose order per connection [`Lanes`] keep), for at most `block_timeout`.
+//! - Bounded: at most [`MAX_PENDING_ACKS`] requests of a connection are in flight, and memory
+//!   for a request is reserved from the process-wide ingest budget *before* it is parsed or
+//!   inflated. At either limit the reader stops taking requests (back-pressure on the sender)
+//!   but still reads up to one request's worth, so a peer that leaves is noticed and frees its
+//!   slot. Read timeouts apply only while requests are being taken: a stall that is ours is
+//!   not the peer's fault.
+//! - A re-send (the same request bytes from the same sender, [`Source`]) of a request acked
+//!   within `dedupe_window` is acked again and not stored.
 //! - A malformed request closes this connection only (counted in
 //!   `logferry_forward_decode_errors_total`); nothing on the network path panics.
 //! - Plain TCP and TLS share every line after the handshake: the code is generic over the
@@ -30,10 +37,10 @@
 //! ## Operation
 //! ```text
 //! accept -> [TLS] -> [HELO, PING?, PONG] -> split
-//! socket --read--> BytesMut --Decoder--> Request --route--> Buffer::append (per output)
-//!                                                              |  CommitTicket(s)
-//!                                         ack writer <--queue--+
-//!                 socket <--{"ack": id}-- (after every ticket is durable)
+//! socket --read--> BytesMut --next_frame--> reserve memory --parse--> EventBatch
+//!   --Pipeline::prepare--> task: Prepared::store (append per output) -> tickets durable
+//!                                                   |  Ack (as each task finishes)
+//!                     socket <--{"ack": id}-- ack writer
 //! ```
 
 use std::net::SocketAddr;
@@ -41,19 +48,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use logferry_common::chunk::{AppendError, CommitTicket};
+use logferry_common::chunk::ChunkError;
 use logferry_common::forward::session::{AuthFailure, ServerHandshake};
-use logferry_common::forward::{encode_ack, Decoder, EventBatch, Request};
+use logferry_common::forward::{encode_ack, DecodeError, Decoder, EventBatch, Frame, Request};
 use logferry_common::telemetry;
 use logferry_common::tls::{self, tokio_rustls::server::TlsStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{count_closed, log_budget, ListenerSettings, Pipeline};
-use crate::payload;
+use super::{count_closed, log_budget, ListenerSettings};
+use crate::dedupe::{Key, Source};
+use crate::ingest::{Holder, Lanes, Pipeline, Reserved, StoreError};
 
 /// Requests of one connection that may wait for their commit at once.
 pub const MAX_PENDING_ACKS: usize = 64;
@@ -92,15 +101,6 @@ impl Stream for TlsStream<TcpStream> {
     }
 }
 
-/// A stored request waiting for durability (and then its ack, if it asked for one).
-#[derive(Debug)]
-struct PendingAck {
-    tickets: Vec<CommitTicket>,
-    /// Raw msgpack of the `chunk` option, echoed verbatim; `None` for a request without one,
-    /// which is queued all the same so a connection's requests in flight stay bounded.
-    chunk: Option<Bytes>,
-}
-
 /// Why a connection ended (for the log line).
 #[derive(Debug)]
 enum End {
@@ -111,7 +111,9 @@ enum End {
     Shutdown,
     Decode(logferry_common::forward::DecodeError),
     Read(std::io::Error),
-    NotStored(AppendError),
+    NotStored(StoreError),
+    Commit(ChunkError),
+    Task(String),
     AckWriterGone,
 }
 
@@ -211,7 +213,7 @@ async fn forward_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut BytesMut,
     deadline: Instant,
     shutdown: &CancellationToken,
-) -> Result<(), HandshakeEnd> {
+) -> Result<Option<String>, HandshakeEnd> {
     let mut helo = Vec::with_capacity(64);
     handshake.helo(&mut helo);
     write_by(stream, &helo, deadline).await?;
@@ -220,7 +222,7 @@ async fn forward_handshake<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Some(accepted)) => {
                 write_by(stream, &accepted.pong, deadline).await?;
                 tracing::debug!(client = %accepted.client_hostname, user = ?accepted.username, "Forward handshake succeeded");
-                return Ok(());
+                return Ok(accepted.username);
             }
             Ok(None) => {}
             Err(failure) => {
@@ -276,6 +278,7 @@ async fn serve<S: Stream>(
     shutdown: CancellationToken,
 ) {
     let mut buf = BytesMut::new();
+    let mut user = None;
     if let Some(handshake) = handshake {
         match forward_handshake(
             &mut stream,
@@ -286,7 +289,7 @@ async fn serve<S: Stream>(
         )
         .await
         {
-            Ok(()) => {}
+            Ok(username) => user = username,
             Err(HandshakeEnd::Failed(failure)) => return auth_failed(listener, peer, &failure),
             Err(HandshakeEnd::Eof { partial: 0 }) => {
                 // Connected and left without a word: a TCP health check, not an attack.
@@ -319,7 +322,7 @@ async fn serve<S: Stream>(
         }
     }
 
-    let (mut reader, writer) = stream.split();
+    let (reader, writer) = stream.split();
     let (ack_tx, ack_rx) = mpsc::channel(MAX_PENDING_ACKS);
     // Cancelled by shutdown, or by the ack writer when it gives up (a peer not reading acks).
     let conn = shutdown.child_token();
@@ -330,48 +333,136 @@ async fn serve<S: Stream>(
         settings.write_timeout,
         conn.clone(),
     ));
+    let mut c = Conn {
+        source: Source::new(listener, user.as_deref(), peer.ip()),
+        lanes: Lanes::new(pipeline.buffers().len()),
+        pipeline,
+        settings,
+        decoder: Decoder::new(settings.limits),
+        buf,
+        tasks: JoinSet::new(),
+        memory: Holder::default(),
+        parked: CancellationToken::new(),
+        acks: ack_tx,
+        conn,
+        shutdown,
+    };
+    let end = c.run(reader).await;
+    let pending_bytes = c.buf.len();
+    c.finish().await;
+    let _ = ack_writer.await;
+    report(listener, peer, settings, end, pending_bytes);
+}
 
-    let mut decoder = Decoder::new(settings.limits);
-    let mut read_size = FIRST_READ;
-    // When the incomplete request at the front of `buf` began to arrive.
-    let mut request_started: Option<Instant> = None;
-    let end = 'conn: loop {
-        // Handle every complete request already buffered before reading more.
-        let mut decoded = false;
+/// What a stored request leaves for the ack writer.
+#[derive(Debug)]
+struct Ack {
+    /// Raw msgpack of the `chunk` option, echoed verbatim.
+    chunk: Bytes,
+    /// Remembered once the ack is written, so a re-send is acked without being stored again.
+    key: Key,
+    source: Source,
+}
+
+/// The reading half of a connection and the requests it has in flight.
+struct Conn<'a> {
+    pipeline: Arc<Pipeline>,
+    settings: &'a ListenerSettings,
+    source: Source,
+    decoder: Decoder,
+    buf: BytesMut,
+    /// One task per request being stored and committed: each yields its ack (if any) once
+    /// durable, in whatever order they finish.
+    tasks: JoinSet<Result<Option<Ack>, End>>,
+    lanes: Lanes,
+    /// This connection's share of the ingest memory budget.
+    memory: Holder,
+    /// Cancelled when the connection ends: requests still waiting for room give up (unacked).
+    parked: CancellationToken,
+    acks: mpsc::Sender<Ack>,
+    conn: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+impl Conn<'_> {
+    /// Reads, decodes and dispatches until the connection ends; returns why.
+    async fn run<R: AsyncRead + Unpin>(&mut self, mut reader: R) -> End {
+        let mut read_size = FIRST_READ;
+        // When the incomplete request at the front of `buf` began to arrive.
+        let mut request_started: Option<Instant> = None;
         loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(request)) => {
-                    decoded = true;
-                    if let Err(end) = handle(request, &pipeline, &ack_tx).await {
-                        break 'conn end;
+            let decoded = match self.dispatch_buffered().await {
+                Ok(decoded) => decoded,
+                Err(end) => return end,
+            };
+            if self.conn.is_cancelled() {
+                return self.cancelled();
+            }
+            let admitting = self.admitting();
+            let now = Instant::now();
+            if self.buf.is_empty() {
+                request_started = None;
+            } else if decoded || request_started.is_none() {
+                request_started = Some(now);
+            }
+            // Timeouts hold a peer to its pace only while we are taking its requests; when we
+            // stopped (requests in flight at their limit) the stall is ours, not the peer's.
+            let deadline = admitting.then(|| self.read_deadline(now, request_started));
+            // Not taking requests, the socket is still read up to one request's worth, so a
+            // peer that went away is noticed.
+            let can_read = admitting || self.buf.len() < self.settings.limits.max_request_bytes;
+            self.buf.reserve(read_size);
+            tokio::select! {
+                // `read_buf` is cancel-safe: if another branch wins, no bytes were consumed.
+                read = reader.read_buf(&mut self.buf), if can_read => match read {
+                    Ok(0) => return End::Eof,
+                    Ok(n) => {
+                        telemetry::INPUT_BYTES.inc_by(n as u64);
+                        if n >= read_size && read_size < READ_CHUNK {
+                            read_size *= 2;
+                        }
+                    }
+                    // A TLS peer that closes without close_notify (most do): an ordinary EOF.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return End::Eof,
+                    Err(e) => return End::Read(e),
+                },
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Err(end) = self.completed(done).await {
+                        return end;
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    telemetry::FORWARD_DECODE_ERRORS.inc();
-                    break 'conn End::Decode(e);
+                () = sleep_until_opt(deadline.as_ref().map(|(at, _)| *at)) => {
+                    if let Some((_, end)) = deadline {
+                        return end;
+                    }
                 }
+                () = self.conn.cancelled() => return self.cancelled(),
             }
         }
-        if conn.is_cancelled() {
-            break if shutdown.is_cancelled() {
-                End::Shutdown
-            } else {
-                End::AckWriterGone
-            };
+    }
+
+    fn cancelled(&self) -> End {
+        if self.shutdown.is_cancelled() {
+            End::Shutdown
+        } else {
+            End::AckWriterGone
         }
-        let now = Instant::now();
-        if buf.is_empty() {
-            request_started = None;
-        } else if decoded || request_started.is_none() {
-            request_started = Some(now);
-        }
-        let (deadline, timeout_end) = match request_started {
+    }
+
+    /// Whether another request may be taken: in-flight requests and memory below their limits.
+    fn admitting(&self) -> bool {
+        self.tasks.len() < MAX_PENDING_ACKS && self.pipeline.memory.admits(&self.memory)
+    }
+
+    /// When the next read must have happened, and what ends the connection if not.
+    fn read_deadline(&self, now: Instant, request_started: Option<Instant>) -> (Instant, End) {
+        let settings = self.settings;
+        match request_started {
             None => (now + settings.idle_timeout, End::Idle),
             Some(start) => {
                 let pause = now + settings.read_timeout;
                 let rate = (settings.min_read_rate > 0).then(|| {
-                    let secs = buf.len() as f64 / settings.min_read_rate as f64;
+                    let secs = self.buf.len() as f64 / settings.min_read_rate as f64;
                     start + settings.read_timeout + Duration::from_secs_f64(secs.min(1e9))
                 });
                 match rate {
@@ -379,30 +470,159 @@ async fn serve<S: Stream>(
                     _ => (pause, End::ReadTimeout),
                 }
             }
-        };
-        buf.reserve(read_size);
-        // `read_buf` is cancel-safe: if shutdown wins the race, no bytes were consumed.
-        let read = tokio::select! {
-            read = tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)) => read,
-            () = conn.cancelled() => break if shutdown.is_cancelled() { End::Shutdown } else { End::AckWriterGone },
-        };
-        match read {
-            Ok(Ok(0)) => break End::Eof,
-            Ok(Ok(n)) => {
-                telemetry::INPUT_BYTES.inc_by(n as u64);
-                if n >= read_size && read_size < READ_CHUNK {
-                    read_size *= 2;
-                }
-            }
-            // A TLS peer that closes without close_notify (most do): an ordinary EOF.
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break End::Eof,
-            Ok(Err(e)) => break End::Read(e),
-            Err(_) => break timeout_end,
         }
-    };
-    // Closing the queue lets the writer ack everything already stored, then finish.
-    drop(ack_tx);
-    let _ = ack_writer.await;
+    }
+
+    /// Takes every complete request already buffered, while admission allows. Returns whether
+    /// any was taken.
+    async fn dispatch_buffered(&mut self) -> Result<bool, End> {
+        let mut decoded = false;
+        while self.admitting() {
+            let frame = match self.decoder.next_frame(&mut self.buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    telemetry::FORWARD_DECODE_ERRORS.inc();
+                    return Err(End::Decode(e));
+                }
+            };
+            decoded = true;
+            let limits = self.settings.limits;
+            // Reserved before parsing (which may inflate): what the parse allocates, plus the
+            // frame payload built from its entries.
+            let parse = frame.parse_bound(&limits);
+            let bound = parse + parse.min(limits.max_decompressed_bytes);
+            let memory = {
+                let (pipeline, holder) = (Arc::clone(&self.pipeline), self.memory.clone());
+                let reserve = pipeline.memory.reserve(bound, &holder);
+                let mut reserve = std::pin::pin!(reserve);
+                // Requests in flight keep finishing meanwhile (they may be what frees memory).
+                loop {
+                    tokio::select! {
+                        reserved = &mut reserve => break reserved,
+                        Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                            self.completed(done).await?;
+                        }
+                        () = self.conn.cancelled() => return Err(self.cancelled()),
+                    }
+                }
+            };
+            let Some(memory) = memory else {
+                return Err(self.cancelled());
+            };
+            let request = frame.parse(&limits).map_err(|e| {
+                telemetry::FORWARD_DECODE_ERRORS.inc();
+                End::Decode(e)
+            })?;
+            match request {
+                None | Some(Request::Heartbeat) => {}
+                Some(Request::Handshake(_)) => {
+                    // Handshake messages are valid only in the handshake phase, before any
+                    // event (and only on a listener with [server.auth]).
+                    telemetry::FORWARD_DECODE_ERRORS.inc();
+                    return Err(End::Decode(DecodeError::Malformed(
+                        "handshake message outside the handshake phase",
+                    )));
+                }
+                Some(Request::Events(batch)) => self.store(frame, batch, memory).await?,
+            }
+        }
+        Ok(decoded)
+    }
+
+    /// Stores one event request on its own task (or answers a re-send from memory).
+    async fn store(
+        &mut self,
+        frame: Frame,
+        batch: EventBatch,
+        memory: Reserved,
+    ) -> Result<(), End> {
+        let ack = batch.chunk.clone().map(|chunk| Ack {
+            chunk,
+            key: self.source.key(frame.bytes()),
+            source: self.source,
+        });
+        drop(frame);
+        if let Some(ack) = ack
+            .as_ref()
+            .filter(|a| self.pipeline.acked.contains(&a.key))
+        {
+            // A re-send of a request we already stored and acked: ack again, store nothing.
+            let ack = Ack {
+                chunk: ack.chunk.clone(),
+                key: ack.key,
+                source: ack.source,
+            };
+            return self.acks.send(ack).await.map_err(|_| End::AckWriterGone);
+        }
+        let Some(prepared) = self.pipeline.prepare(batch, &mut self.lanes, memory) else {
+            // Nothing to store (no route, no valid record): acked as it is.
+            return match ack {
+                Some(ack) => self.acks.send(ack).await.map_err(|_| End::AckWriterGone),
+                None => Ok(()),
+            };
+        };
+        let pipeline = Arc::clone(&self.pipeline);
+        let parked = self.parked.clone();
+        // Without a chunk id the sender asked for at-most-once: no ack, but the request still
+        // counts against MAX_PENDING_ACKS until it is durable.
+        self.tasks.spawn(async move {
+            let tickets = tokio::select! {
+                stored = prepared.store(&pipeline) => stored.map_err(End::NotStored)?,
+                // The connection ended while this request waited for room: never acked.
+                () = parked.cancelled() => return Ok(None),
+            };
+            for ticket in tickets {
+                // Not durable means no ack, ever: closing the connection makes the sender
+                // re-send.
+                ticket.durable().await.map_err(End::Commit)?;
+            }
+            Ok(ack)
+        });
+        Ok(())
+    }
+
+    /// Hands a finished request's ack to the writer; an `Err` ends the connection.
+    async fn completed(
+        &mut self,
+        done: Result<Result<Option<Ack>, End>, tokio::task::JoinError>,
+    ) -> Result<(), End> {
+        match done {
+            Ok(Ok(Some(ack))) => self.acks.send(ack).await.map_err(|_| End::AckWriterGone),
+            Ok(Ok(None)) => Ok(()),
+            Ok(Err(end)) => Err(end),
+            Err(e) => Err(End::Task(e.to_string())),
+        }
+    }
+
+    /// Ends the connection: requests still waiting for room give up; those already appended
+    /// finish their commit and are acked (the writer flushes them before closing).
+    async fn finish(mut self) {
+        self.parked.cancel();
+        while let Some(done) = self.tasks.join_next().await {
+            if let Ok(Ok(Some(ack))) = done {
+                let _ = self.acks.send(ack).await;
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Counts and logs why a connection ended.
+fn report(
+    listener: &str,
+    peer: SocketAddr,
+    settings: &ListenerSettings,
+    end: End,
+    pending_bytes: usize,
+) {
     match end {
         End::Eof | End::Shutdown => tracing::debug!(%listener, %peer, ?end, "connection closed"),
         End::Idle => {
@@ -412,14 +632,14 @@ async fn serve<S: Stream>(
         End::ReadTimeout => {
             count_closed("read_timeout");
             if log_budget() {
-                tracing::info!(%listener, %peer, timeout = ?settings.read_timeout, pending_bytes = buf.len(),
+                tracing::info!(%listener, %peer, timeout = ?settings.read_timeout, pending_bytes,
                     "closing connection: a request stalled mid-way");
             }
         }
         End::SlowClient => {
             count_closed("slow_client");
             if log_budget() {
-                tracing::warn!(%listener, %peer, min_bytes_per_sec = settings.min_read_rate, pending_bytes = buf.len(),
+                tracing::warn!(%listener, %peer, min_bytes_per_sec = settings.min_read_rate, pending_bytes,
                     "closing connection: a request arrives slower than min_read_rate");
             }
         }
@@ -430,7 +650,22 @@ async fn serve<S: Stream>(
         }
         End::Read(e) => tracing::info!(%listener, %peer, error = %e, "connection read failed"),
         End::NotStored(e) => {
-            tracing::warn!(%listener, %peer, error = %e, "closing connection: a request could not be stored and was not acked")
+            count_closed(match e {
+                StoreError::BlockTimeout { .. } => "block_timeout",
+                _ => "not_stored",
+            });
+            if log_budget() {
+                tracing::warn!(%listener, %peer, error = %e, code = e.code(),
+                    "closing connection: a request could not be stored and was not acked");
+            }
+        }
+        End::Commit(e) => {
+            count_closed("commit_failed");
+            tracing::error!(%listener, %peer, error = %e, "commit failed; closing connection without ack");
+        }
+        End::Task(e) => {
+            count_closed("internal_error");
+            tracing::error!(%listener, %peer, error = %e, "a request's task failed; closing connection without its ack");
         }
         End::AckWriterGone => {
             tracing::info!(%listener, %peer, "connection closed while writing acks")
@@ -438,113 +673,19 @@ async fn serve<S: Stream>(
     }
 }
 
-/// Handles one decoded request; an `Err` ends the connection.
-async fn handle(
-    request: Request,
-    pipeline: &Pipeline,
-    acks: &mpsc::Sender<PendingAck>,
-) -> Result<(), End> {
-    match request {
-        Request::Heartbeat => Ok(()),
-        Request::Handshake(_) => {
-            // Handshake messages are valid only in the handshake phase, before any event (and
-            // only on a listener with [server.auth]); one arriving here is a protocol error.
-            telemetry::FORWARD_DECODE_ERRORS.inc();
-            Err(End::Decode(
-                logferry_common::forward::DecodeError::Malformed(
-                    "handshake message outside the handshake phase",
-                ),
-            ))
-        }
-        Request::Events(batch) => store(batch, pipeline, acks).await,
-    }
-}
-
-async fn store(
-    batch: EventBatch,
-    pipeline: &Pipeline,
-    acks: &mpsc::Sender<PendingAck>,
-) -> Result<(), End> {
-    if batch.skipped > 0 {
-        telemetry::DROPPED_RECORDS
-            .with_label_values(&["invalid_event"])
-            .inc_by(u64::from(batch.skipped));
-    }
-    if let Some(chunk) = &batch.chunk {
-        if pipeline.acked.contains(chunk) {
-            // A re-send of a chunk we already stored and acked: ack again, store nothing.
-            return enqueue(
-                acks,
-                PendingAck {
-                    tickets: Vec::new(),
-                    chunk: Some(chunk.clone()),
-                },
-            )
-            .await;
-        }
-    }
-    telemetry::INPUT_RECORDS.inc_by(u64::from(batch.records));
-
-    let router = pipeline.router();
-    let mut tickets = Vec::new();
-    match router.route(&batch.tag) {
-        None => {
-            telemetry::DROPPED_RECORDS
-                .with_label_values(&["no_route"])
-                .inc_by(u64::from(batch.records));
-        }
-        Some(_) if batch.records == 0 => {}
-        Some(outputs) => {
-            let payload = Bytes::from(payload::encode(&batch.tag, &batch.entries, batch.records));
-            for &output in outputs {
-                let ticket = pipeline.buffers[output]
-                    .append(payload.clone(), batch.records)
-                    .await
-                    .map_err(End::NotStored)?;
-                tickets.push(ticket);
-            }
-        }
-    }
-    // Without a chunk id the sender asked for at-most-once: no ack, but the request still
-    // counts against MAX_PENDING_ACKS until it is durable.
-    enqueue(
-        acks,
-        PendingAck {
-            tickets,
-            chunk: batch.chunk,
-        },
-    )
-    .await
-}
-
-async fn enqueue(acks: &mpsc::Sender<PendingAck>, pending: PendingAck) -> Result<(), End> {
-    // Waits when MAX_PENDING_ACKS requests are in flight: back-pressure on the reader.
-    acks.send(pending).await.map_err(|_| End::AckWriterGone)
-}
-
-/// Writes acks in request order, each after its tickets resolved. Gives up (cancelling `conn`,
-/// which ends the reader) when a write does not finish within `write_timeout`.
+/// Writes acks as their requests become durable. Gives up (cancelling `conn`, which ends the
+/// reader) when a write does not finish within `write_timeout`.
 async fn write_acks<W: AsyncWrite + Unpin>(
     mut writer: W,
-    mut queue: mpsc::Receiver<PendingAck>,
+    mut queue: mpsc::Receiver<Ack>,
     pipeline: Arc<Pipeline>,
     write_timeout: Duration,
     conn: CancellationToken,
 ) {
     let mut out = Vec::with_capacity(128);
-    while let Some(pending) = queue.recv().await {
-        for ticket in pending.tickets {
-            if let Err(e) = ticket.durable().await {
-                // Not durable means no ack, ever. Closing the connection makes the sender
-                // re-send; later requests on it are not acked either.
-                tracing::error!(error = %e, "commit failed; closing connection without ack");
-                conn.cancel();
-                return;
-            }
-        }
-        let Some(chunk) = pending.chunk else { continue };
+    while let Some(ack) = queue.recv().await {
         out.clear();
-        encode_ack(&chunk, &mut out);
+        encode_ack(&ack.chunk, &mut out);
         // The flush is a no-op on TCP; on TLS it pushes the record out of rustls' buffer.
         let write = async {
             writer.write_all(&out).await?;
@@ -566,7 +707,7 @@ async fn write_acks<W: AsyncWrite + Unpin>(
             }
         }
         telemetry::FORWARD_ACKS.inc();
-        pipeline.acked.insert(&chunk);
+        pipeline.acked.insert(ack.source, ack.key);
     }
     let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
 }
@@ -575,15 +716,26 @@ async fn write_acks<W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use crate::dedupe::AckedChunks;
+    use crate::ingest::MemoryBudget;
     use crate::route::Router;
-    use std::sync::RwLock;
 
     fn pipeline(dir: &std::path::Path) -> Arc<Pipeline> {
-        Arc::new(Pipeline {
-            router: RwLock::new(Arc::new(Router::new(Vec::new()))),
-            buffers: Vec::new(),
-            acked: AckedChunks::open(dir, Duration::from_secs(60)),
-        })
+        Arc::new(Pipeline::new(
+            Router::new(Vec::new()),
+            Vec::new(),
+            AckedChunks::open(dir, Duration::from_secs(60)),
+            MemoryBudget::new(1 << 20),
+            Duration::from_secs(1),
+        ))
+    }
+
+    fn ack(i: u32) -> Ack {
+        let source = Source::new("test", None, std::net::Ipv4Addr::LOCALHOST.into());
+        Ack {
+            chunk: chunk(i),
+            key: source.key(&chunk(i)),
+            source,
+        }
     }
 
     fn chunk(i: u32) -> Bytes {
@@ -610,11 +762,7 @@ mod tests {
             conn.clone(),
         ));
         for i in 0..32 {
-            let pending = PendingAck {
-                tickets: Vec::new(),
-                chunk: Some(chunk(i)),
-            };
-            if tx.send(pending).await.is_err() {
+            if tx.send(ack(i)).await.is_err() {
                 break;
             }
         }
@@ -652,12 +800,7 @@ mod tests {
         let mut expected = Vec::new();
         for i in 0..32 {
             encode_ack(&chunk(i), &mut expected);
-            tx.send(PendingAck {
-                tickets: Vec::new(),
-                chunk: Some(chunk(i)),
-            })
-            .await
-            .unwrap();
+            tx.send(ack(i)).await.unwrap();
         }
         drop(tx);
         task.await.unwrap();

@@ -1,4 +1,4 @@
-//! The Forward listeners: accept, limit, secure, hand each connection to [`connection::serve`].
+//! The Forward listeners: accept, limit, secure, hand each connection to [`connection::accept`].
 //!
 //! ## Design constraints
 //! - **Several listeners** (`[[server]]`), each with its own address, limits, TLS and
@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use logferry_common::chunk::Buffer;
 use logferry_common::config::system_hostname;
 use logferry_common::forward::session::{ClientRule, ServerAuth, Source};
 use logferry_common::forward::Limits;
@@ -38,32 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, ServerConfig};
-use crate::dedupe::AckedChunks;
-use crate::route::Router;
-
-/// Everything a connection needs to store a request: shared by all connections of every
-/// listener.
-#[derive(Debug)]
-pub struct Pipeline {
-    /// Tag routes; swapped whole on reload.
-    pub router: RwLock<Arc<Router>>,
-    /// One buffer per output, indexed like the router's output indices.
-    pub buffers: Vec<Buffer>,
-    /// Recently acked chunk ids.
-    pub acked: AckedChunks,
-}
-
-impl Pipeline {
-    /// The current routing table.
-    pub fn router(&self) -> Arc<Router> {
-        Arc::clone(&self.router.read().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Replaces the routing table (config reload).
-    pub fn set_router(&self, router: Router) {
-        *self.router.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(router);
-    }
-}
+use crate::ingest::Pipeline;
 
 /// Why a listener could not be set up.
 #[derive(Debug, thiserror::Error)]
