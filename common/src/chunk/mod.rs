@@ -44,7 +44,8 @@
 //! 5. Sequence numbers are strictly increasing per buffer and never reused, including the
 //!    numbers of quarantined files.
 //! 6. A chunk's bytes leave the accounting exactly once: when its entry is taken out of the
-//!    in-memory ledger, by [`Buffer::release`] or by `drop_oldest_chunk`, whichever comes first.
+//!    in-memory ledger, by [`Buffer::release`], [`Buffer::quarantine`] or `drop_oldest_chunk`,
+//!    whichever comes first.
 //! 7. Every directory created to hold chunks (the buffer's own, each missing ancestor up to the
 //!    root, `quarantine/`) is made durable by an fsync of its parent before anything in it is
 //!    acknowledged ([`create_dir_all_durable`]).
@@ -55,7 +56,8 @@
 //! <dir>/                                      one directory per buffer
 //!   chunk-00000000000000000007.sealed         complete; handed to the output
 //!   chunk-00000000000000000008.open           being appended to (at most one)
-//!   quarantine/                               files recovery could not trust; never deleted here
+//!   quarantine/                               files recovery or an output could not read;
+//!                                             never deleted here
 //!
 //! file name: "chunk-" seq (u64, 20 decimal digits, zero-padded) "." ("open" | "sealed")
 //!
@@ -106,6 +108,10 @@
 //! [`Buffer::release`], which deletes the file and frees its bytes. Deletion is not followed by
 //! a directory fsync: if a crash resurrects a released file, its records are delivered again,
 //! which at-least-once allows.
+//!
+//! A sealed chunk that cannot be read (its header damaged after seal, or repeated read errors)
+//! is not retried forever: the output moves it to `quarantine/` with [`Buffer::quarantine`],
+//! which frees its bytes like a release, and goes on with the next chunk.
 //!
 //! **Overflow.** See [`OverflowAction`]. `drop_oldest_chunk` may delete a chunk the output has
 //! already received; `release` of it is then a no-op and `read` returns [`ChunkError::Gone`].

@@ -268,35 +268,55 @@ impl Ctx<'_> {
         }
     }
 
-    /// Moves `path` into `quarantine/` under a free name, durably.
+    /// Moves `path` into `quarantine/` (see [`quarantine`]) and notes it in the report.
     fn quarantine(&mut self, path: &Path, reason: &str) -> Result<(), ChunkError> {
-        let qdir = self.options.dir.join(QUARANTINE_DIR);
-        create_dir_all_durable(&qdir).map_err(ChunkError::io("create directory", &qdir))?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut target = qdir.join(&name);
-        let mut n = 1u32;
-        while target.exists() {
-            target = qdir.join(format!("{name}.{n}"));
-            n += 1;
-        }
-        fs::rename(path, &target).map_err(ChunkError::io("rename", path))?;
-        // The quarantine directory now holds a new entry; the buffer directory lost one.
-        sync_dir(&qdir)?;
+        let target = quarantine(self.options, path, reason)?;
+        // The buffer directory lost an entry; synced once at the end of recovery.
         self.dir_dirty = true;
-        tracing::error!(
-            buffer = %self.name(),
-            path = %path.display(),
-            moved_to = %target.display(),
-            reason,
-            "chunk file quarantined"
-        );
-        self.corruption("quarantined", 1);
         self.report.quarantined.push(target);
         Ok(())
     }
+}
+
+/// Moves the chunk file `path` of the buffer of `options` into its `quarantine/` directory
+/// (created durably if missing) under a free name, and fsyncs that directory, so the file
+/// cannot get lost between the two directories in a crash. Logs the move with `reason` and
+/// counts it in `logferry_buffer_corruption_total{action="quarantined"}`. Returns the new path.
+///
+/// The buffer directory itself is not synced: if a crash undoes the move, the file is found
+/// there again and judged again. Used by recovery and by
+/// [`Buffer::quarantine`](super::Buffer::quarantine).
+pub(super) fn quarantine(
+    options: &BufferOptions,
+    path: &Path,
+    reason: &str,
+) -> Result<PathBuf, ChunkError> {
+    let qdir = options.dir.join(QUARANTINE_DIR);
+    create_dir_all_durable(&qdir).map_err(ChunkError::io("create directory", &qdir))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut target = qdir.join(&name);
+    let mut n = 1u32;
+    while target.exists() {
+        target = qdir.join(format!("{name}.{n}"));
+        n += 1;
+    }
+    fs::rename(path, &target).map_err(ChunkError::io("rename", path))?;
+    // The quarantine directory now holds a new entry.
+    sync_dir(&qdir)?;
+    tracing::error!(
+        buffer = %options.name,
+        path = %path.display(),
+        moved_to = %target.display(),
+        reason,
+        "chunk file quarantined"
+    );
+    telemetry::BUFFER_CORRUPTION
+        .with_label_values(&[options.name.as_str(), "quarantined"])
+        .inc();
+    Ok(target)
 }
 
 /// `(seq, state, path)` of each file in `dir` named like a chunk; other entries are ignored.
