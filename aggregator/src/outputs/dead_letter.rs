@@ -46,7 +46,8 @@
 //! - Replay deletes a file only after each of its records was delivered or written again to a
 //!   new dead-letter file (with the new reason); a replay that runs out of time leaves the file.
 //! - A directory created for dead letters is made durable (each created directory's parent is
-//!   fsync'd) before the first file in it counts as written.
+//!   fsync'd, by `logferry_common::chunk::create_dir_all_durable`) before the first file in it
+//!   counts as written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -54,8 +55,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use logferry_common::chunk::{
-    chunk_file_name, format::FrameHeader, parse_chunk_file_name, ChunkContents, ChunkHeader,
-    ChunkState,
+    chunk_file_name, create_dir_all_durable, format::FrameHeader, parse_chunk_file_name,
+    ChunkContents, ChunkHeader, ChunkState,
 };
 use logferry_common::forward::encode_entry;
 use logferry_common::msgpack::{self, Token, DEFAULT_MAX_DEPTH};
@@ -201,7 +202,7 @@ impl DeadLetters {
             let path = path.to_owned();
             move |source| DeadLetterError::Io { op, path, source }
         };
-        create_dir_durably(&self.dir)?;
+        create_dir_all_durable(&self.dir).map_err(io("create", &self.dir))?;
         let seq = self.next_seq();
         let header = ChunkHeader::new(seq, self.output.clone(), SystemTime::now())
             .encode()
@@ -244,33 +245,6 @@ impl DeadLetters {
         }
         result
     }
-}
-
-/// Creates `dir` and any missing ancestors, fsyncing the parent of each one created, so the
-/// new directory entries survive a crash (a dead letter in a directory whose name was lost is
-/// lost with it).
-fn create_dir_durably(dir: &Path) -> Result<(), DeadLetterError> {
-    let mut missing = Vec::new();
-    let mut cur = Some(dir);
-    while let Some(d) = cur {
-        if d.as_os_str().is_empty() || d.exists() {
-            break;
-        }
-        missing.push(d);
-        cur = d.parent();
-    }
-    std::fs::create_dir_all(dir).map_err(|source| DeadLetterError::Io {
-        op: "create",
-        path: dir.to_owned(),
-        source,
-    })?;
-    // Outermost first: each parent's entry is durable before the child's is synced.
-    for created in missing.into_iter().rev() {
-        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -841,32 +815,18 @@ mod tests {
     }
 
     #[test]
-    fn a_new_directory_is_made_durable_in_its_parents() {
+    fn a_new_file_is_made_durable_in_its_new_directory() {
         let dir = tempfile::tempdir().unwrap();
         let dl_dir = dir.path().join("outputs/es/dead-letter");
         std::fs::create_dir_all(dir.path().join("outputs")).unwrap();
         let dl = DeadLetters::new(&dl_dir, "es", DeadLetterConfig::default());
         SYNCED_DIRS.with(|s| s.borrow_mut().clear());
         dl.write(&[item(0, 0, "rejected", "r")]).unwrap();
+        assert!(dl_dir.is_dir());
+        // `outputs/es` and `dead-letter` were created by `create_dir_all_durable`, which syncs
+        // their parents (tested in logferry-common); here, the directory holding the new file.
         let synced = SYNCED_DIRS.with(|s| s.borrow().clone());
-        // `outputs/es` and `dead-letter` were created: their parents, then the directory
-        // holding the new file.
-        assert_eq!(
-            synced,
-            vec![
-                dir.path().join("outputs"),
-                dir.path().join("outputs/es"),
-                dl_dir.clone()
-            ]
-        );
-        SYNCED_DIRS.with(|s| s.borrow_mut().clear());
-        dl.write(&[item(0, 1, "rejected", "r")]).unwrap();
-        let synced = SYNCED_DIRS.with(|s| s.borrow().clone());
-        assert_eq!(
-            synced,
-            vec![dl_dir],
-            "an existing directory needs no parent sync"
-        );
+        assert_eq!(synced, vec![dl_dir]);
     }
 
     #[test]

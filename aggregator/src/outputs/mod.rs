@@ -26,6 +26,10 @@
 //!   its own buffer (and, at its limit, what `overflow_action` says), never another output.
 //! - On shutdown the worker keeps delivering until its buffer is closed and drained, or until
 //!   the shutdown deadline cancels it; whatever is not delivered by then stays on disk.
+//! - A chunk that cannot be read never holds a delivery slot for good: one whose header is
+//!   damaged, or that failed `MAX_READ_FAILURES` (5) reads in a row, is moved to the buffer's
+//!   `quarantine/` ([`Buffer::quarantine`]: logged, counted in
+//!   `logferry_buffer_corruption_total{action="quarantined"}`, bytes freed), never deleted.
 //!
 //! ## Health
 //! An output counts as failing from the first attempt with a failure (whole or per record, but
@@ -339,11 +343,18 @@ pub struct Worker {
     pub health: Arc<OutputHealth>,
 }
 
+/// Reads of one chunk that may fail in a row before the chunk is quarantined: enough to ride
+/// out a passing error, few enough that a bad file does not hold a delivery slot for long.
+const MAX_READ_FAILURES: u32 = 5;
+
 /// What one chunk's delivery ended with.
 #[derive(Debug, PartialEq, Eq)]
 enum ChunkEnd {
     /// Every record delivered or dead-lettered: release the chunk.
     Done,
+    /// The chunk could not be read and was moved to the buffer's `quarantine/` (or was gone
+    /// already): nothing to release.
+    Quarantined,
     /// The shutdown deadline cancelled it: the chunk stays on disk.
     Cancelled,
 }
@@ -403,7 +414,7 @@ impl Worker {
             let buffer = buffer.clone();
             let stop = hard_stop.clone();
             running.spawn(async move {
-                if deliver_chunk(&ctx, &chunk, &stop).await == ChunkEnd::Done {
+                if deliver_chunk(&ctx, &buffer, &chunk, &stop).await == ChunkEnd::Done {
                     if let Err(e) = buffer.release(&chunk) {
                         tracing::error!(output = %ctx.name, seq = chunk.seq, error = %e, "cannot delete a delivered chunk");
                     }
@@ -428,9 +439,17 @@ pub(crate) struct Ctx {
     pub(crate) health: Arc<OutputHealth>,
 }
 
-/// Delivers one chunk: reads it, sends its records until each is delivered or dead.
-async fn deliver_chunk(ctx: &Ctx, chunk: &SealedChunk, hard_stop: &CancellationToken) -> ChunkEnd {
+/// Delivers one chunk: reads it, sends its records until each is delivered or dead. A chunk
+/// whose header is damaged, or that fails to read [`MAX_READ_FAILURES`] times in a row, is
+/// moved to quarantine instead of holding a delivery slot forever.
+async fn deliver_chunk(
+    ctx: &Ctx,
+    buffer: &Buffer,
+    chunk: &SealedChunk,
+    hard_stop: &CancellationToken,
+) -> ChunkEnd {
     let mut backoff = Backoff::new(ctx.retry.initial, ctx.retry.max_interval);
+    let mut failures = 0u32;
     // Reading loads and verifies the whole chunk file: blocking IO, off the async workers.
     let records = loop {
         let to_read = chunk.clone();
@@ -453,10 +472,26 @@ async fn deliver_chunk(ctx: &Ctx, chunk: &SealedChunk, hard_stop: &CancellationT
             // drop_oldest_chunk removed it while queued; nothing left to deliver.
             Err(ChunkError::Gone { .. }) => return ChunkEnd::Done,
             Err(e) => {
+                failures += 1;
                 ctx.health.set_failing(true);
                 telemetry::OUTPUT_ERRORS
                     .with_label_values(&[&ctx.name, "chunk_read"])
                     .inc();
+                // A bad header never gets better; other errors (EIO) get a few more tries.
+                let reason = match e {
+                    ChunkError::BadHeader { .. } => Some(e.to_string()),
+                    _ if failures >= MAX_READ_FAILURES => {
+                        Some(format!("{failures} reads failed in a row, the last: {e}"))
+                    }
+                    _ => None,
+                };
+                if let Some(reason) = reason {
+                    if quarantine(ctx, buffer, chunk, reason).await {
+                        // What was failing is dealt with; the next chunk tells the output's health.
+                        ctx.health.set_failing(false);
+                        return ChunkEnd::Quarantined;
+                    }
+                }
                 let wait = backoff.next_wait();
                 tracing::error!(output = %ctx.name, seq = chunk.seq, error = %e, retry_in = ?wait, "cannot read a chunk");
                 tokio::select! {
@@ -477,6 +512,28 @@ async fn deliver_chunk(ctx: &Ctx, chunk: &SealedChunk, hard_stop: &CancellationT
         .with_label_values(&[&ctx.name])
         .observe(started.elapsed().as_secs_f64());
     ChunkEnd::Done
+}
+
+/// Moves an unreadable chunk to its buffer's `quarantine/` (blocking IO, on the blocking pool);
+/// `true` once the buffer no longer holds it. The move is logged and counted by the buffer.
+async fn quarantine(ctx: &Ctx, buffer: &Buffer, chunk: &SealedChunk, reason: String) -> bool {
+    let (buffer, to_move) = (buffer.clone(), chunk.clone());
+    let moved = tokio::task::spawn_blocking(move || buffer.quarantine(&to_move, &reason))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ChunkError::Io {
+                op: "quarantine chunk",
+                path: chunk.path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        });
+    match moved {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(output = %ctx.name, seq = chunk.seq, error = %e, "cannot quarantine an unreadable chunk; retrying");
+            false
+        }
+    }
 }
 
 /// A record bound for dead letters.
@@ -624,5 +681,182 @@ async fn write_dead_letters(ctx: &Ctx, dead: &[DeadItem], hard_stop: &Cancellati
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use logferry_common::chunk::{chunk_file_name, format, BufferOptions, ChunkState};
+    use logferry_common::forward::{encode_entry, EventTime};
+    use std::path::{Path, PathBuf};
+
+    /// Longest a test waits for the worker to reach a state.
+    const PATIENCE: Duration = Duration::from_secs(20);
+
+    /// A frame payload of `n` records.
+    fn frame(n: u32) -> Bytes {
+        let mut entries = Vec::new();
+        for i in 0..n {
+            encode_entry(
+                EventTime::new(1_700_000_000, i),
+                &[0x81, 0xa1, b'i', 0x01],
+                &mut entries,
+            );
+        }
+        Bytes::from(crate::payload::encode("app", &entries, n))
+    }
+
+    fn start_worker(
+        name: &str,
+        buffer: &Buffer,
+        sealed: SealedReceiver,
+        tmp: &Path,
+    ) -> tokio::task::JoinHandle<()> {
+        let worker = Worker {
+            name: name.to_owned(),
+            output: Output::Null(null::NullOutput),
+            buffer: buffer.clone(),
+            sealed,
+            retry: RetryConfig {
+                initial: Duration::from_millis(1),
+                max_interval: Duration::from_millis(5),
+                ..RetryConfig::default()
+            },
+            concurrency: 1,
+            dead_letters: Arc::new(DeadLetters::new(
+                tmp.join("dead-letter"),
+                name,
+                crate::config::DeadLetterConfig::default(),
+            )),
+            health: Arc::new(OutputHealth::new(name, Duration::ZERO)),
+        };
+        tokio::spawn(worker.run(CancellationToken::new()))
+    }
+
+    /// Waits until `done` holds, failing the test after [`PATIENCE`].
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let waiting = async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(PATIENCE, waiting).await.is_err() {
+            panic!("timed out waiting until {what}");
+        }
+    }
+
+    fn file_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// A buffer named `name` in `tmp/buffer` holding one sealed chunk of one 3-record frame,
+    /// whose path is returned. Its limit leaves no room for a second such chunk, so the next
+    /// append blocks until the first chunk's bytes are freed.
+    async fn one_sealed_chunk(name: &str, tmp: &Path) -> (Buffer, SealedReceiver, PathBuf) {
+        let dir = tmp.join("buffer");
+        let header = (format::HEADER_FIXED_LEN + name.len() + format::HEADER_CRC_LEN) as u64;
+        let frame_bytes = (format::FRAME_HEADER_LEN + frame(3).len()) as u64;
+        let mut options = BufferOptions::new(&dir, name);
+        options.flush_interval = Duration::from_secs(3600);
+        options.total_limit_size = header + 2 * frame_bytes - 1;
+        let (buffer, sealed, _) = Buffer::open(options).unwrap();
+        buffer
+            .append(frame(3), 3)
+            .await
+            .unwrap()
+            .durable()
+            .await
+            .unwrap();
+        buffer.seal_now().await.unwrap();
+        assert_eq!(buffer.usage().bytes, header + frame_bytes);
+        (
+            buffer,
+            sealed,
+            dir.join(chunk_file_name(1, ChunkState::Sealed)),
+        )
+    }
+
+    /// Damages a chunk after seal, starts the worker, and checks that the chunk is quarantined
+    /// after `reads` failed reads, its bytes freed (the blocked append goes through), and the
+    /// next chunk delivered.
+    async fn quarantined_and_the_next_chunk_delivered(
+        name: &str,
+        damage: impl FnOnce(&Path),
+        reads: u64,
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (buffer, sealed, damaged) = one_sealed_chunk(name, tmp.path()).await;
+        damage(&damaged);
+        let worker = start_worker(name, &buffer, sealed, tmp.path());
+
+        // Blocked at the limit until the damaged chunk's bytes are freed.
+        let ticket = tokio::time::timeout(PATIENCE, buffer.append(frame(3), 3))
+            .await
+            .expect("the damaged chunk's bytes are freed")
+            .unwrap();
+        ticket.durable().await.unwrap();
+        buffer.seal_now().await.unwrap();
+        let delivered = telemetry::OUTPUT_RECORDS.with_label_values(&[name]);
+        wait_until("the next chunk is delivered and released", || {
+            delivered.get() == 3 && buffer.usage().sealed_chunks == 0
+        })
+        .await;
+
+        let quarantine = tmp.path().join("buffer/quarantine");
+        assert_eq!(
+            file_names(&quarantine),
+            vec![chunk_file_name(1, ChunkState::Sealed)]
+        );
+        assert_eq!(file_names(&tmp.path().join("buffer")), vec!["quarantine"]);
+        assert_eq!(buffer.usage().bytes, 0);
+        let quarantined = telemetry::BUFFER_CORRUPTION.with_label_values(&[name, "quarantined"]);
+        assert_eq!(quarantined.get(), 1);
+        let read_errors = telemetry::OUTPUT_ERRORS.with_label_values(&[name, "chunk_read"]);
+        assert_eq!(read_errors.get(), reads);
+
+        buffer.close().await.unwrap();
+        tokio::time::timeout(PATIENCE, worker)
+            .await
+            .expect("the worker stops once the buffer is closed")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_chunk_whose_header_is_damaged_after_seal_is_quarantined_at_once() {
+        quarantined_and_the_next_chunk_delivered(
+            "quarantine-bad-header",
+            |path| {
+                let mut bytes = std::fs::read(path).unwrap();
+                bytes[0] ^= 0xff; // the magic
+                std::fs::write(path, bytes).unwrap();
+            },
+            1,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_chunk_that_cannot_be_read_is_quarantined_after_repeated_failures() {
+        quarantined_and_the_next_chunk_delivered(
+            "quarantine-unreadable",
+            |path| {
+                // Reading a directory fails with EISDIR (an IO error, not `Gone`), as a bad
+                // sector would with EIO.
+                std::fs::remove_file(path).unwrap();
+                std::fs::create_dir(path).unwrap();
+            },
+            u64::from(MAX_READ_FAILURES),
+        )
+        .await;
     }
 }

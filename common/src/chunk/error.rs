@@ -30,7 +30,8 @@ pub enum ChunkError {
     },
     /// The chunk file's header is damaged or from an incompatible version, so none of its
     /// frames can be trusted. Recovery moves such files to `quarantine/`; at read time this
-    /// means the file was damaged after recovery.
+    /// means the file was damaged after recovery, and the output moves it there with
+    /// [`Buffer::quarantine`](super::Buffer::quarantine).
     #[error("chunk {} has a bad header: {reason}", path.display())]
     BadHeader {
         /// The chunk file.

@@ -44,7 +44,11 @@
 //! 5. Sequence numbers are strictly increasing per buffer and never reused, including the
 //!    numbers of quarantined files.
 //! 6. A chunk's bytes leave the accounting exactly once: when its entry is taken out of the
-//!    in-memory ledger, by [`Buffer::release`] or by `drop_oldest_chunk`, whichever comes first.
+//!    in-memory ledger, by [`Buffer::release`], [`Buffer::quarantine`] or `drop_oldest_chunk`,
+//!    whichever comes first.
+//! 7. Every directory created to hold chunks (the buffer's own, each missing ancestor up to the
+//!    root, `quarantine/`) is made durable by an fsync of its parent before anything in it is
+//!    acknowledged ([`create_dir_all_durable`]).
 //!
 //! ## On-disk format
 //!
@@ -52,7 +56,8 @@
 //! <dir>/                                      one directory per buffer
 //!   chunk-00000000000000000007.sealed         complete; handed to the output
 //!   chunk-00000000000000000008.open           being appended to (at most one)
-//!   quarantine/                               files recovery could not trust; never deleted here
+//!   quarantine/                               files recovery or an output could not read;
+//!                                             never deleted here
 //!
 //! file name: "chunk-" seq (u64, 20 decimal digits, zero-padded) "." ("open" | "sealed")
 //!
@@ -104,6 +109,10 @@
 //! a directory fsync: if a crash resurrects a released file, its records are delivered again,
 //! which at-least-once allows.
 //!
+//! A sealed chunk that cannot be read (its header damaged after seal, or repeated read errors)
+//! is not retried forever: the output moves it to `quarantine/` with [`Buffer::quarantine`],
+//! which frees its bytes like a release, and goes on with the next chunk.
+//!
 //! **Overflow.** See [`OverflowAction`]. `drop_oldest_chunk` may delete a chunk the output has
 //! already received; `release` of it is then a no-op and `read` returns [`ChunkError::Gone`].
 //!
@@ -130,15 +139,19 @@ mod reader;
 mod recovery;
 mod writer;
 
-/// Locks `root` (the directory holding a binary's buffers and stores, created if missing) for
-/// this process: two processes sharing one buffer would each recover, deliver and delete the
-/// other's chunks. The lock is `root/LOCK`, held while the returned file is open; the kernel
-/// drops it when the process dies, so a crash never leaves a stale lock.
+/// Locks `root` (the directory holding a binary's buffers and stores, created durably if
+/// missing) for this process: two processes sharing one buffer would each recover, deliver and
+/// delete the other's chunks. The lock is `root/LOCK`, held while the returned file is open; the
+/// kernel drops it when the process dies, so a crash never leaves a stale lock.
+///
+/// `root` itself is not fsync'd for the `LOCK` entry: the file holds no data and is recreated if
+/// a crash loses it. What is created in `root` later syncs `root` itself
+/// ([`create_dir_all_durable`]).
 ///
 /// # Errors
 /// The directory or the lock file cannot be created, or another process holds the lock.
 pub fn lock_root(root: &std::path::Path) -> std::io::Result<std::fs::File> {
-    std::fs::create_dir_all(root)?;
+    create_dir_all_durable(root)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -163,7 +176,7 @@ pub use format::{
 };
 pub use inspect::{inspect_dir, ChunkReport, FileState};
 pub use reader::{ChunkContents, FrameRef, SealedChunk, SealedReceiver};
-pub use recovery::Recovered;
+pub use recovery::{create_dir_all_durable, Recovered};
 pub use writer::{AppendError, Buffer, CommitTicket};
 
 /// Default [`BufferOptions::chunk_limit_size`]: 8 MiB.

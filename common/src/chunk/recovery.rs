@@ -15,7 +15,8 @@
 //!   skips the same frames again. Only the tail is truncated.
 //! - **Every change is made durable before the writer starts**: a truncated file is fsync'd,
 //!   and the directory is fsync'd after renames and deletions, so a second crash right after
-//!   recovery finds the same state.
+//!   recovery finds the same state. A directory recovery creates (the buffer's, any missing
+//!   ancestor, `quarantine/`) is made durable in its parent ([`create_dir_all_durable`]).
 //! - **Sequence numbers continue after the highest one seen**, including quarantined files, so
 //!   a number is never reused and quarantine names never collide with new chunks.
 //! - **Never panics**, whatever the bytes; every parser used is in [`format`](mod@format)(super::format).
@@ -70,14 +71,10 @@ struct Ctx<'a> {
 /// Scans `options.dir` (creating it if missing); see the module docs.
 pub(super) fn recover(options: &BufferOptions) -> Result<Outcome, ChunkError> {
     let dir = &options.dir;
-    if !dir.is_dir() {
-        fs::create_dir_all(dir).map_err(ChunkError::io("create directory", dir))?;
-        // The new directory's own entry must survive a crash too, or the first chunks'
-        // names would vanish with it.
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
-    }
+    // The new directories' own entries (the buffer's and every missing ancestor's, such as
+    // `outputs/` and the root) must survive a crash too, or the first chunks' names would
+    // vanish with them.
+    create_dir_all_durable(dir).map_err(ChunkError::io("create directory", dir))?;
     let mut files = list_chunk_files(dir)?;
     // By seq; for a (never expected) duplicate seq, `.open` sorts first and the `.sealed`
     // twin is the one quarantined below.
@@ -271,35 +268,55 @@ impl Ctx<'_> {
         }
     }
 
-    /// Moves `path` into `quarantine/` under a free name, durably.
+    /// Moves `path` into `quarantine/` (see [`quarantine`]) and notes it in the report.
     fn quarantine(&mut self, path: &Path, reason: &str) -> Result<(), ChunkError> {
-        let qdir = self.options.dir.join(QUARANTINE_DIR);
-        fs::create_dir_all(&qdir).map_err(ChunkError::io("create directory", &qdir))?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut target = qdir.join(&name);
-        let mut n = 1u32;
-        while target.exists() {
-            target = qdir.join(format!("{name}.{n}"));
-            n += 1;
-        }
-        fs::rename(path, &target).map_err(ChunkError::io("rename", path))?;
-        // The quarantine directory now holds a new entry; the buffer directory lost one.
-        sync_dir(&qdir)?;
+        let target = quarantine(self.options, path, reason)?;
+        // The buffer directory lost an entry; synced once at the end of recovery.
         self.dir_dirty = true;
-        tracing::error!(
-            buffer = %self.name(),
-            path = %path.display(),
-            moved_to = %target.display(),
-            reason,
-            "chunk file quarantined"
-        );
-        self.corruption("quarantined", 1);
         self.report.quarantined.push(target);
         Ok(())
     }
+}
+
+/// Moves the chunk file `path` of the buffer of `options` into its `quarantine/` directory
+/// (created durably if missing) under a free name, and fsyncs that directory, so the file
+/// cannot get lost between the two directories in a crash. Logs the move with `reason` and
+/// counts it in `logferry_buffer_corruption_total{action="quarantined"}`. Returns the new path.
+///
+/// The buffer directory itself is not synced: if a crash undoes the move, the file is found
+/// there again and judged again. Used by recovery and by
+/// [`Buffer::quarantine`](super::Buffer::quarantine).
+pub(super) fn quarantine(
+    options: &BufferOptions,
+    path: &Path,
+    reason: &str,
+) -> Result<PathBuf, ChunkError> {
+    let qdir = options.dir.join(QUARANTINE_DIR);
+    create_dir_all_durable(&qdir).map_err(ChunkError::io("create directory", &qdir))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut target = qdir.join(&name);
+    let mut n = 1u32;
+    while target.exists() {
+        target = qdir.join(format!("{name}.{n}"));
+        n += 1;
+    }
+    fs::rename(path, &target).map_err(ChunkError::io("rename", path))?;
+    // The quarantine directory now holds a new entry.
+    sync_dir(&qdir)?;
+    tracing::error!(
+        buffer = %options.name,
+        path = %path.display(),
+        moved_to = %target.display(),
+        reason,
+        "chunk file quarantined"
+    );
+    telemetry::BUFFER_CORRUPTION
+        .with_label_values(&[options.name.as_str(), "quarantined"])
+        .inc();
+    Ok(target)
 }
 
 /// `(seq, state, path)` of each file in `dir` named like a chunk; other entries are ignored.
@@ -328,9 +345,55 @@ fn truncate(path: &Path, len: u64) -> Result<(), ChunkError> {
     file.sync_all().map_err(ChunkError::io("fsync", path))
 }
 
+/// Creates `dir` and every missing ancestor, and fsyncs the parent of each directory it
+/// created, outermost first, so that the new entries survive a crash: a durable file in a
+/// directory whose own name was lost is lost with it. An existing directory costs no sync.
+///
+/// Use it for every directory that will hold durable data (buffer roots, buffer directories,
+/// `quarantine/`, dead letters).
+///
+/// # Errors
+/// A directory cannot be created (or something else than a directory is in the way), or a
+/// parent cannot be fsync'd.
+pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut probe = dir;
+    while !probe.as_os_str().is_empty() && !probe.is_dir() {
+        missing.push(probe);
+        match probe.parent() {
+            Some(parent) => probe = parent,
+            None => break,
+        }
+    }
+    for created in missing.into_iter().rev() {
+        match fs::create_dir(created) {
+            Ok(()) => {}
+            // Created meanwhile by someone else, who may not have synced it yet: sync anyway.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && created.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+        let parent = created
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// fsyncs a directory, making the creations, renames and deletions in it durable.
 pub(super) fn sync_dir(dir: &Path) -> Result<(), ChunkError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(ChunkError::io("fsync directory", dir))
+    fsync_dir(dir).map_err(ChunkError::io("fsync directory", dir))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Directories fsync'd by this thread (tests check which directories were made durable).
+    pub(super) static SYNCED_DIRS: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(test)]
+    SYNCED_DIRS.with(|s| s.borrow_mut().push(dir.to_owned()));
+    File::open(dir).and_then(|d| d.sync_all())
 }

@@ -1,5 +1,6 @@
 //! In-crate tests of the failure paths, through a fault-injection seam that exists only under
-//! `cfg(test)` (production builds compile the seam to `Ok(())`).
+//! `cfg(test)` (production builds compile the seam to `Ok(())`), and of directory durability,
+//! through the record of directory fsyncs that `recovery` keeps per thread under `cfg(test)`.
 //!
 //! Scenario tests that need only the public API live in `common/tests/chunk_*.rs`.
 
@@ -225,4 +226,77 @@ async fn concurrent_failure_fails_whole_group_never_acks() {
     acked.sort();
     // Exactly the acknowledged frames: failed groups were truncated away.
     assert_eq!(stored, acked);
+}
+
+/// The directories this thread fsync'd since the last call.
+fn take_synced_dirs() -> Vec<std::path::PathBuf> {
+    recovery::SYNCED_DIRS.with(|s| std::mem::take(&mut *s.borrow_mut()))
+}
+
+#[test]
+fn lock_root_makes_a_new_root_durable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("a/b/c");
+    take_synced_dirs();
+    let lock = lock_root(&root).unwrap();
+    // a, a/b and a/b/c were created: each one's parent was synced, outermost first.
+    assert_eq!(
+        take_synced_dirs(),
+        vec![
+            tmp.path().to_owned(),
+            tmp.path().join("a"),
+            tmp.path().join("a/b")
+        ]
+    );
+    drop(lock);
+    let _lock = lock_root(&root).unwrap();
+    assert_eq!(
+        take_synced_dirs(),
+        Vec::<std::path::PathBuf>::new(),
+        "an existing root needs no sync"
+    );
+}
+
+#[test]
+fn open_makes_every_created_ancestor_of_the_buffer_durable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("root/outputs/es");
+    take_synced_dirs();
+    let (_buffer, _rx, _) = Buffer::open(options(&dir)).unwrap();
+    // Recovery runs on this thread (the writer thread's syncs are not recorded here).
+    assert_eq!(
+        take_synced_dirs(),
+        vec![
+            tmp.path().to_owned(),
+            tmp.path().join("root"),
+            tmp.path().join("root/outputs")
+        ]
+    );
+}
+
+#[test]
+fn create_dir_all_durable_syncs_the_parent_of_each_created_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a/b/c");
+    take_synced_dirs();
+    create_dir_all_durable(&dir).unwrap();
+    assert!(dir.is_dir());
+    assert_eq!(
+        take_synced_dirs(),
+        vec![
+            tmp.path().to_owned(),
+            tmp.path().join("a"),
+            tmp.path().join("a/b")
+        ]
+    );
+    // Only what is missing is created (and its parent synced).
+    create_dir_all_durable(&dir.join("d")).unwrap();
+    assert_eq!(take_synced_dirs(), vec![dir.clone()]);
+    create_dir_all_durable(&dir).unwrap();
+    assert_eq!(take_synced_dirs(), Vec::<std::path::PathBuf>::new());
+    // A file in the way is an error, not a success.
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(create_dir_all_durable(&file.join("sub")).is_err());
+    assert!(create_dir_all_durable(&file).is_err());
 }

@@ -348,6 +348,37 @@ impl Buffer {
         Ok(())
     }
 
+    /// Moves a sealed chunk that cannot be read (a header damaged after seal, read errors) to
+    /// `quarantine/`, as recovery would at the next start, and frees its bytes (waking blocked
+    /// appenders). Logged with the path and `reason`, and counted in
+    /// `logferry_buffer_corruption_total{action="quarantined"}`. Blocking IO.
+    ///
+    /// Returns the file's new path, or `None` if the buffer no longer holds the chunk (it was
+    /// released, or dropped to make room): then there is nothing to move.
+    ///
+    /// # Errors
+    /// [`ChunkError::Io`] if the file cannot be moved; it stays in the buffer, accounted.
+    pub fn quarantine(
+        &self,
+        chunk: &SealedChunk,
+        reason: &str,
+    ) -> Result<Option<PathBuf>, ChunkError> {
+        let ledger = &self.inner.ledger;
+        let Some(entry) = ledger.take_sealed(chunk.seq, &chunk.path) else {
+            return Ok(None);
+        };
+        match recovery::quarantine(&self.inner.options, &entry.path, reason) {
+            Ok(target) => {
+                ledger.freed();
+                Ok(Some(target))
+            }
+            Err(e) => {
+                ledger.restore(chunk.seq, entry);
+                Err(e)
+            }
+        }
+    }
+
     /// Seals the open chunk now (if it holds frames), after every append queued before this
     /// call, so that its frames reach the receiver.
     ///
