@@ -349,6 +349,7 @@ async fn serve<S: Stream>(
                 Ok(None) => break,
                 Err(e) => {
                     telemetry::FORWARD_DECODE_ERRORS.inc();
+                    telemetry::count_decode_error_code(e.code());
                     break 'conn End::Decode(e);
                 }
             }
@@ -450,6 +451,7 @@ async fn handle(
             // Handshake messages are valid only in the handshake phase, before any event (and
             // only on a listener with [server.auth]); one arriving here is a protocol error.
             telemetry::FORWARD_DECODE_ERRORS.inc();
+            telemetry::count_decode_error_code("malformed");
             Err(End::Decode(
                 logferry_common::forward::DecodeError::Malformed(
                     "handshake message outside the handshake phase",
