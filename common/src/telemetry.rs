@@ -142,6 +142,16 @@ metric!(
         "logferry_forward_decode_errors_total", "Forward requests that could not be decoded")
 );
 metric!(
+    /// [`FORWARD_DECODE_ERRORS`] by what was wrong: `code` is
+    /// [`DecodeError::code`](crate::forward::DecodeError::code) (`request_too_large`,
+    /// `decompressed_too_large`, `malformed`, `tag_too_long`, ...), a fixed set. Counted at
+    /// the same places, so the codes add up to the total; the total keeps its own name
+    /// because dashboards and alerts already use it.
+    FORWARD_DECODE_ERRORS_BY_CODE: IntCounterVec = counter_vec(
+        "logferry_forward_decode_errors_by_code_total",
+        "Forward requests that could not be decoded, by error code", &["code"])
+);
+metric!(
     /// Acks sent to senders.
     FORWARD_ACKS: IntCounter = counter("logferry_forward_acks_total", "Acks sent to senders")
 );
@@ -208,6 +218,15 @@ metric!(
         "logferry_output_ready", "0 while an output has failed longer than unready_after", &["output"])
 );
 
+/// Counts a decode error in [`FORWARD_DECODE_ERRORS_BY_CODE`], next to every
+/// `FORWARD_DECODE_ERRORS.inc()`; `code` is the error's
+/// [`DecodeError::code`](crate::forward::DecodeError::code).
+pub fn count_decode_error_code(code: &'static str) {
+    FORWARD_DECODE_ERRORS_BY_CODE
+        .with_label_values(&[code])
+        .inc();
+}
+
 /// Forces every metric into the registry, so `/metrics` lists them all from the start (a
 /// dashboard should see a zero, not a missing series).
 pub fn register_all() {
@@ -227,6 +246,7 @@ pub fn register_all() {
     LazyLock::force(&FORWARD_CONNECTIONS);
     LazyLock::force(&FORWARD_AUTH_FAILURES);
     LazyLock::force(&FORWARD_DECODE_ERRORS);
+    LazyLock::force(&FORWARD_DECODE_ERRORS_BY_CODE);
     LazyLock::force(&FORWARD_ACKS);
     LazyLock::force(&FORWARD_CLOSED_CONNECTIONS);
     LazyLock::force(&INGEST_MEMORY_BYTES);
@@ -285,12 +305,15 @@ mod tests {
     fn all_metrics_register() {
         register_all();
         DROPPED_RECORDS.with_label_values(&["test"]).inc();
+        count_decode_error_code("request_too_large");
         let text = render();
         for name in [
             "logferry_input_records_total",
             "logferry_dropped_records_total",
             "logferry_forward_acks_total",
             "logferry_buffer_commit_duration_seconds",
+            "logferry_forward_decode_errors_total",
+            "logferry_forward_decode_errors_by_code_total{code=\"request_too_large\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing from /metrics");
         }

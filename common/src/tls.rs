@@ -12,8 +12,21 @@
 //!   [`fingerprint`] tells cheaply whether the files changed. A load that fails (half-written
 //!   file, key not matching the certificate) is an error the caller answers by keeping the
 //!   config it has, so a listener never goes without a certificate.
-//! - **Errors name the file.** Every [`TlsError`] says which file (certificate, key, CA) and what
-//!   is wrong with it, since that is what an operator has to fix.
+//! - **Errors name the file.** Every [`TlsError`] says which file (certificate, key, CA, CRL)
+//!   and what is wrong with it, since that is what an operator has to fix.
+//!
+//! ## Revocation (mutual TLS)
+//! [`ServerTlsFiles::client_crl`] lists PEM files of `X509 CRL` blocks (one or more per file),
+//! checked by rustls' client verifier with its defaults, which fail closed:
+//! - every certificate of a client's chain below the trust anchor is checked, so each CA that
+//!   issues client (or intermediate) certificates needs its CRL in the list; a certificate
+//!   whose issuer has no CRL there is refused (`UnknownRevocationStatus`), as is a revoked one;
+//! - a CRL's `nextUpdate` is not enforced: an old CRL keeps revoking what it lists;
+//! - a CRL only counts for certificates of the CA that signed it.
+//!
+//! The CRL files are part of the [`fingerprint`], so a new CRL written over the old file is
+//! picked up like a rotated certificate. Each CRL is parsed on its own when loaded, so an error
+//! names the file it is in.
 //!
 //! ## Client side
 //! [`client_config`] builds what the forwarder and `logferry-loadtest` connect with: the server
@@ -31,7 +44,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 
@@ -83,6 +96,18 @@ pub enum TlsError {
         /// What is wrong.
         message: String,
     },
+    /// A CRL file holds something that is not a usable X.509 CRL.
+    #[error("CRL {}: {message}", .path.display())]
+    Crl {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// CRLs were given without a client CA: they revoke client certificates, which are only
+    /// asked for with mutual TLS.
+    #[error("a client CRL needs a client CA (mutual TLS): set client_ca too")]
+    CrlWithoutClientCa,
     /// A client certificate was given without its key or the other way round.
     #[error("a client certificate and its key go together: set both or neither")]
     ClientCertWithoutKey,
@@ -146,6 +171,9 @@ pub struct ServerTlsFiles {
     /// PEM CA certificates: when set, clients must present a certificate signed by one of them
     /// (mutual TLS).
     pub client_ca: Option<PathBuf>,
+    /// PEM CRLs (`X509 CRL` blocks) of the client CAs: a client certificate they list is
+    /// refused. Only with `client_ca`; see the module docs for the policy.
+    pub client_crl: Vec<PathBuf>,
     /// Lowest version accepted.
     pub min_version: TlsVersion,
 }
@@ -196,6 +224,43 @@ fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError
     })
 }
 
+/// The CRLs of a PEM file, each checked to be a CRL webpki can use (X.509 v2, as
+/// `openssl ca -gencrl` writes with a `crlnumber` file).
+fn parse_crls(
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let crl_error = |message: String| TlsError::Crl {
+        path: path.to_owned(),
+        message,
+    };
+    let crls = CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| crl_error(e.to_string()))?;
+    if crls.is_empty() {
+        return Err(crl_error("no \"BEGIN X509 CRL\" block found".into()));
+    }
+    for (i, crl) in crls.iter().enumerate() {
+        webpki::OwnedCertRevocationList::from_der(crl).map_err(|e| {
+            crl_error(format!(
+                "block #{} is not a usable CRL (an X.509 v2 CRL with extensions, as \
+                 `openssl ca -gencrl` writes with a crlnumber file): {e}",
+                i + 1
+            ))
+        })?;
+    }
+    Ok(crls)
+}
+
+/// Reads and checks a PEM CRL file (as [`load_server_config`] does), returning its CRLs.
+///
+/// # Errors
+/// [`TlsError::Read`] when the file cannot be read; [`TlsError::Crl`] when it holds no CRL or
+/// one that cannot be used.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    parse_crls(path, &read("CRL", path)?)
+}
+
 fn roots(path: &Path, pem: &[u8]) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     for cert in parse_certs("CA", path, pem)? {
@@ -216,56 +281,90 @@ pub struct LoadedServerConfig {
     pub fingerprint: Fingerprint,
 }
 
-/// The PEM bytes of the certificate, the key and the client CA (if any).
-type ServerPem = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
-
-fn read_server_files(files: &ServerTlsFiles) -> Result<ServerPem, TlsError> {
-    let cert_pem = read("certificate", &files.cert)?;
-    let key_pem = read("private key", &files.key)?;
-    let ca_pem = match &files.client_ca {
-        Some(path) => Some(read("client CA", path)?),
-        None => None,
-    };
-    Ok((cert_pem, key_pem, ca_pem))
+/// The PEM bytes of a listener's files.
+struct ServerPem {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    /// The client CA, if any.
+    ca: Option<Vec<u8>>,
+    /// The CRL files, in the order of [`ServerTlsFiles::client_crl`].
+    crls: Vec<Vec<u8>>,
 }
 
-fn digest(cert: &[u8], key: &[u8], ca: Option<&[u8]>) -> Fingerprint {
+impl ServerPem {
+    fn read(files: &ServerTlsFiles) -> Result<Self, TlsError> {
+        Ok(Self {
+            cert: read("certificate", &files.cert)?,
+            key: read("private key", &files.key)?,
+            ca: match &files.client_ca {
+                Some(path) => Some(read("client CA", path)?),
+                None => None,
+            },
+            crls: files
+                .client_crl
+                .iter()
+                .map(|path| read("CRL", path))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    fn digest(&self) -> Fingerprint {
+        let mut parts = vec![
+            self.cert.as_slice(),
+            &self.key,
+            self.ca.as_deref().unwrap_or_default(),
+        ];
+        parts.extend(self.crls.iter().map(Vec::as_slice));
+        digest(&parts)
+    }
+}
+
+/// SHA-256 over the parts, each prefixed with its length (so no two lists of parts collide by
+/// moving bytes from one part to the next).
+fn digest(parts: &[&[u8]]) -> Fingerprint {
     let mut hash = Sha256::new();
-    for part in [cert, key, ca.unwrap_or_default()] {
+    for part in parts {
         hash.update((part.len() as u64).to_le_bytes());
         hash.update(part);
     }
     hash.finalize().into()
 }
 
-/// Reads the files and digests them, without building a config: a cheap way to notice that
-/// cert-manager (or anyone) replaced them.
+/// Reads the files (certificate, key, client CA, CRLs) and digests them, without building a
+/// config: a cheap way to notice that cert-manager (or anyone) replaced them.
 ///
 /// # Errors
 /// A file cannot be read.
 pub fn fingerprint(files: &ServerTlsFiles) -> Result<Fingerprint, TlsError> {
-    let (cert, key, ca) = read_server_files(files)?;
-    Ok(digest(&cert, &key, ca.as_deref()))
+    Ok(ServerPem::read(files)?.digest())
 }
 
 /// Builds a server config from PEM files, with the fingerprint of what it read.
 ///
 /// # Errors
-/// A file is missing or unreadable, holds no certificate or key, or the key does not match the
-/// certificate.
+/// A file is missing or unreadable, holds no certificate or key, the key does not match the
+/// certificate, a CRL file holds no usable CRL, or CRLs are given without a client CA.
 pub fn load_server_config(files: &ServerTlsFiles) -> Result<LoadedServerConfig, TlsError> {
-    let (cert_pem, key_pem, ca_pem) = read_server_files(files)?;
-    let fingerprint = digest(&cert_pem, &key_pem, ca_pem.as_deref());
-    let certs = parse_certs("certificate", &files.cert, &cert_pem)?;
-    let key = parse_key(&files.key, &key_pem)?;
+    if files.client_ca.is_none() && !files.client_crl.is_empty() {
+        return Err(TlsError::CrlWithoutClientCa);
+    }
+    let pem = ServerPem::read(files)?;
+    let fingerprint = pem.digest();
+    let certs = parse_certs("certificate", &files.cert, &pem.cert)?;
+    let key = parse_key(&files.key, &pem.key)?;
+    let mut crls = Vec::new();
+    for (path, crl_pem) in files.client_crl.iter().zip(&pem.crls) {
+        crls.extend(parse_crls(path, crl_pem)?);
+    }
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(files.min_version.versions())?;
-    let builder = match (&files.client_ca, &ca_pem) {
-        (Some(path), Some(pem)) => {
+    let builder = match (&files.client_ca, &pem.ca) {
+        (Some(path), Some(ca_pem)) => {
             let verifier = WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots(path, pem)?),
+                Arc::new(roots(path, ca_pem)?),
                 provider(),
             )
+            .with_crls(crls)
             .build()
             .map_err(|e| TlsError::Ca {
                 path: path.clone(),
@@ -389,7 +488,7 @@ pub fn client_fingerprint(files: &ClientTlsFiles) -> Result<Fingerprint, TlsErro
     let ca = optional("CA", &files.ca)?;
     let cert = optional("client certificate", &files.cert)?;
     let key = optional("client private key", &files.key)?;
-    Ok(digest(&cert, &key, Some(&ca)))
+    Ok(digest(&[&cert, &key, &ca]))
 }
 
 /// Parses the name the server's certificate must match (DNS name or IP address).
@@ -462,10 +561,21 @@ mod tests {
 
         /// Writes `<stem>.crt` and `<stem>.key` for `names`.
         fn issue(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+            self.issue_with_serial(stem, names, None)
+        }
+
+        /// [`Pki::issue`] with a chosen serial number (to revoke it later).
+        fn issue_with_serial(
+            &self,
+            stem: &str,
+            names: &[&str],
+            serial: Option<u64>,
+        ) -> (PathBuf, PathBuf) {
             let key = KeyPair::generate().unwrap();
-            let params =
+            let mut params =
                 CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                     .unwrap();
+            params.serial_number = serial.map(rcgen::SerialNumber::from);
             let issuer: &rcgen::Issuer<'_, KeyPair> = &self.issuer;
             let cert = params.signed_by(&key, issuer).unwrap();
             let (c, k) = (
@@ -476,6 +586,29 @@ mod tests {
             std::fs::write(&k, key.serialize_pem()).unwrap();
             (c, k)
         }
+
+        /// A PEM CRL of this CA revoking the certificates with serial numbers `revoked`
+        /// (dates fixed far in the past and future: nothing here depends on the clock).
+        fn crl(&self, revoked: &[u64]) -> String {
+            let params = rcgen::CertificateRevocationListParams {
+                this_update: rcgen::date_time_ymd(2024, 1, 1),
+                next_update: rcgen::date_time_ymd(2099, 1, 1),
+                crl_number: rcgen::SerialNumber::from(1),
+                issuing_distribution_point: None,
+                revoked_certs: revoked
+                    .iter()
+                    .map(|&serial| rcgen::RevokedCertParams {
+                        serial_number: rcgen::SerialNumber::from(serial),
+                        revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                        reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            };
+            let issuer: &rcgen::Issuer<'_, KeyPair> = &self.issuer;
+            params.signed_by(issuer).unwrap().pem().unwrap()
+        }
     }
 
     fn files(cert: PathBuf, key: PathBuf, client_ca: Option<PathBuf>) -> ServerTlsFiles {
@@ -483,6 +616,7 @@ mod tests {
             cert,
             key,
             client_ca,
+            client_crl: Vec::new(),
             min_version: TlsVersion::V1_2,
         }
     }
@@ -588,6 +722,108 @@ mod tests {
         std::fs::copy(&k3, &key).unwrap();
         let err = load_server_config(&f).unwrap_err();
         assert!(matches!(err, TlsError::CertKey { .. }), "{err}");
+    }
+
+    /// The rustls error a refused client left on the server side of [`round_trip`].
+    fn refusal(server: io::Result<()>) -> rustls::CertificateError {
+        let e = server.expect_err("the server accepted the client");
+        assert!(is_client_certificate_error(&e), "{e:?}");
+        match rustls_error(&e) {
+            Some(rustls::Error::InvalidCertificate(why)) => why.clone(),
+            other => panic!("not a certificate error: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crl_revokes_client_certificates_and_a_new_one_is_seen_in_the_fingerprint() {
+        let pki = Pki::new("test CA");
+        let (cert, key) = pki.issue("server", &["localhost"]);
+        let (kept_cert, kept_key) = pki.issue_with_serial("kept", &["kept"], Some(1001));
+        let (lost_cert, lost_key) = pki.issue_with_serial("lost", &["lost"], Some(1002));
+        let kept = client_config(Some(&pki.ca()), Some(&kept_cert), Some(&kept_key)).unwrap();
+        let lost = client_config(Some(&pki.ca()), Some(&lost_cert), Some(&lost_key)).unwrap();
+        let crl = pki.dir.path().join("crl.pem");
+        std::fs::write(&crl, pki.crl(&[])).unwrap();
+        let mut f = files(cert, key, Some(pki.ca()));
+        f.client_crl = vec![crl.clone()];
+
+        // A CRL revoking nothing: both clients are served.
+        let first = load_server_config(&f).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(first.config);
+        for client in [&kept, &lost] {
+            let (s, c) = round_trip(acceptor.clone(), Arc::clone(client)).await;
+            s.unwrap();
+            assert_eq!(&c.unwrap(), b"ping");
+        }
+
+        // The CA revokes serial 1002; the new CRL is written over the same file.
+        std::fs::write(&crl, pki.crl(&[1002])).unwrap();
+        let changed = fingerprint(&f).unwrap();
+        assert_ne!(
+            changed, first.fingerprint,
+            "a new CRL must change the fingerprint"
+        );
+        let second = load_server_config(&f).unwrap();
+        assert_eq!(second.fingerprint, changed);
+        let acceptor = tokio_rustls::TlsAcceptor::from(second.config);
+        let (s, c) = round_trip(acceptor.clone(), Arc::clone(&kept)).await;
+        s.unwrap();
+        c.unwrap();
+        let (s, _) = round_trip(acceptor, lost).await;
+        assert_eq!(refusal(s), rustls::CertificateError::Revoked);
+
+        // Fail closed: a CRL from another CA says nothing about this CA's clients, so their
+        // status is unknown and they are refused.
+        let other = Pki::new("other CA");
+        let other_crl = other.dir.path().join("crl.pem");
+        std::fs::write(&other_crl, other.crl(&[])).unwrap();
+        f.client_crl = vec![other_crl];
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&f).unwrap());
+        let (s, _) = round_trip(acceptor, kept).await;
+        assert_eq!(
+            refusal(s),
+            rustls::CertificateError::UnknownRevocationStatus
+        );
+    }
+
+    #[test]
+    fn crl_errors_name_the_file() {
+        let pki = Pki::new("ca");
+        let (cert, key) = pki.issue("server", &["localhost"]);
+        let crl = pki.dir.path().join("crl.pem");
+        std::fs::write(&crl, pki.crl(&[7])).unwrap();
+        assert_eq!(load_crls(&crl).unwrap().len(), 1);
+
+        // CRLs without a client CA.
+        let mut f = files(cert.clone(), key.clone(), None);
+        f.client_crl = vec![crl.clone()];
+        let e = load_server_config(&f).unwrap_err();
+        assert!(matches!(e, TlsError::CrlWithoutClientCa), "{e}");
+
+        // A certificate where a CRL should be, a CRL block that is not a CRL, a missing file.
+        let not_crl = pki.dir.path().join("not-a-crl.pem");
+        std::fs::write(
+            &not_crl,
+            "-----BEGIN X509 CRL-----\nbm90IGEgQ1JM\n-----END X509 CRL-----\n",
+        )
+        .unwrap();
+        let missing = pki.dir.path().join("missing-crl.pem");
+        for (path, expected) in [
+            (&cert, "BEGIN X509 CRL"),
+            (&not_crl, "block #1 is not a usable CRL"),
+            (&missing, "cannot read CRL"),
+        ] {
+            let e = load_crls(path).unwrap_err();
+            assert!(e.to_string().contains(expected), "{e}");
+            f.client_ca = Some(pki.ca());
+            f.client_crl = vec![crl.clone(), path.clone()];
+            let e = load_server_config(&f).unwrap_err();
+            let text = e.to_string();
+            assert!(
+                text.contains(expected) && text.contains(&*path.to_string_lossy()),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! with each other and with the daemons' configs: Services and NetworkPolicies select real pods
 //! and target real ports, probes hit the admin port the config listens on, config paths lie on
 //! mounted volumes, every `${ENV}` a config uses is set, buffers fit their volume, grace periods
-//! outlast shutdown timeouts, and the alert rules and dashboard parse as PromQL.
+//! outlast shutdown timeouts, a listener behind a LoadBalancer limits connections per source,
+//! and the alert rules and dashboard parse as PromQL.
 //!
 //! Real components: kubectl (kustomize), kubernetes-validate, checkov, hadolint, PyYAML,
 //! tomllib and promql-parser (through deploy/tools/k8s_facts.py). No cluster is needed.
@@ -710,6 +711,32 @@ fn daemon_configs_agree_with_their_workloads() {
         for s in server_tables(&config) {
             if !s["tls"].is_null() {
                 assert!(s["tls"]["cert"].is_string() && s["tls"]["key"].is_string());
+            }
+        }
+        // Anyone can reach a listener behind a LoadBalancer: without a per-source limit one
+        // peer can hold every connection slot (docs/SECURITY.md recommends 16).
+        let load_balancers = of_kind(&objects, "Service")
+            .into_iter()
+            .filter(|s| s["spec"]["type"] == "LoadBalancer");
+        for svc in load_balancers {
+            for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
+                let port = match &p["targetPort"] {
+                    Value::String(name) => ports.get(name).copied(),
+                    other => other.as_u64(),
+                }
+                .unwrap_or_else(|| panic!("{overlay}: {} targets no container port", id(svc)));
+                let listener = server_tables(&config)
+                    .into_iter()
+                    .find(|s| s["listen"].as_str().map(listen_port) == Some(port))
+                    .unwrap_or_else(|| panic!("{overlay}: no listener on port {port}"));
+                let per_source = listener["max_connections_per_source"].as_u64().unwrap_or(0);
+                let total = listener["max_connections"].as_u64().unwrap_or(1024);
+                assert!(
+                    per_source > 0 && per_source < total,
+                    "{overlay}: the listener on port {port} behind the LoadBalancer {} needs \
+                     max_connections_per_source (set: {per_source}, max_connections {total})",
+                    id(svc)
+                );
             }
         }
 

@@ -21,6 +21,12 @@
 //! ```
 //!
 //! Secrets ([`Secret`]) never appear in `Debug` output, so a config can be logged.
+//!
+//! Validation reads no certificate, key or CA file: deploy configs are checked where the
+//! Secrets are not mounted, and a missing file fails the start or the reload, naming it. The
+//! one exception is `tls.client_crl`: a CRL file that exists is parsed, so a file that is not a
+//! usable CRL is reported under its key (`server[i].tls.client_crl[j]`) before it can lock out
+//! every client; one that does not exist is left to the start, like the others.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -30,7 +36,7 @@ use std::time::Duration;
 
 use logferry_common::config::{duration, ByteSize, Secret};
 use logferry_common::forward::session::IpNet;
-use logferry_common::tls::TlsVersion;
+use logferry_common::tls::{self, TlsError, TlsVersion};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
@@ -248,6 +254,27 @@ impl Listeners {
                         "must name a PEM CA file (or be left out)".into(),
                     );
                 }
+                if tls.client_ca.is_none() && !tls.client_crl.is_empty() {
+                    err(
+                        "tls.client_crl",
+                        "needs tls.client_ca: CRLs revoke client certificates, which are only \
+                         asked for with mutual TLS"
+                            .into(),
+                    );
+                }
+                for (j, path) in tls.client_crl.iter().enumerate() {
+                    let key = format!("tls.client_crl[{j}]");
+                    if path.as_os_str().is_empty() {
+                        err(&key, "must name a PEM CRL file".into());
+                        continue;
+                    }
+                    match tls::load_crls(path) {
+                        Ok(_) => {}
+                        Err(TlsError::Read { error, .. })
+                            if error.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => err(&key, e.to_string()),
+                    }
+                }
             }
             if let Some(auth) = &s.auth {
                 auth.validate_into(&mut err);
@@ -378,6 +405,11 @@ pub struct ServerTlsConfig {
     /// of them (mutual TLS).
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// PEM CRL files (`X509 CRL` blocks) of the client CAs: a client certificate listed in one
+    /// is refused, and so is one whose issuer has no CRL here. Needs `client_ca`; re-read with
+    /// the other files (`watch_interval`, reload).
+    #[serde(default)]
+    pub client_crl: Vec<PathBuf>,
     /// Lowest TLS version: `"1.2"` (default) or `"1.3"`.
     #[serde(default)]
     pub min_version: TlsVersion,
@@ -692,6 +724,54 @@ mod tests {
             "[server.auth]\nallow_anonymous_source = false\n[[server.auth.clients]]\nnetwork = \"10.0.0.1\"\nshared_key = \"k\"\n",
         );
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn client_crl_needs_client_ca_and_a_file_that_is_a_crl() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_crl = dir.path().join("not-a-crl.pem");
+        std::fs::write(
+            &not_crl,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgQ1JM\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let missing = dir.path().join("missing.pem");
+        let tls = |ca: &str, crls: &[&std::path::Path]| {
+            let list: Vec<String> = crls
+                .iter()
+                .map(|p| format!("{:?}", p.display().to_string()))
+                .collect();
+            format!(
+                "[[server]]\nlisten = \"127.0.0.1:1\"\n[[server]]\nlisten = \"127.0.0.1:2\"\n\
+                 [server.tls]\ncert = \"c\"\nkey = \"k\"\n{ca}client_crl = [{}]\n",
+                list.join(", ")
+            )
+        };
+        let keys = |text: &str| -> Vec<(String, String)> {
+            match parse(text).validate() {
+                Ok(()) => Vec::new(),
+                Err(e) => e.0.into_iter().map(|e| (e.key, e.message)).collect(),
+            }
+        };
+
+        // Without client_ca.
+        let errors = keys(&tls("", &[&missing]));
+        assert!(
+            errors
+                .iter()
+                .any(|(k, m)| k == "server[1].tls.client_crl" && m.contains("client_ca")),
+            "{errors:?}"
+        );
+        // A file that is not a CRL is named under its key; a missing one is left to the start
+        // (deploy configs are validated where the Secret is not mounted).
+        let errors = keys(&tls("client_ca = \"ca\"\n", &[&missing, &not_crl]));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, "server[1].tls.client_crl[1]");
+        assert!(
+            errors[0].1.contains("not-a-crl.pem") && errors[0].1.contains("X509 CRL"),
+            "{errors:?}"
+        );
+        assert!(keys(&tls("client_ca = \"ca\"\n", &[&missing])).is_empty());
     }
 
     #[test]

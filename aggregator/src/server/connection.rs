@@ -481,10 +481,7 @@ impl Conn<'_> {
             let frame = match self.decoder.next_frame(&mut self.buf) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
-                Err(e) => {
-                    telemetry::FORWARD_DECODE_ERRORS.inc();
-                    return Err(End::Decode(e));
-                }
+                Err(e) => return Err(decode_error(e)),
             };
             decoded = true;
             let limits = self.settings.limits;
@@ -510,17 +507,13 @@ impl Conn<'_> {
             let Some(memory) = memory else {
                 return Err(self.cancelled());
             };
-            let request = frame.parse(&limits).map_err(|e| {
-                telemetry::FORWARD_DECODE_ERRORS.inc();
-                End::Decode(e)
-            })?;
+            let request = frame.parse(&limits).map_err(decode_error)?;
             match request {
                 None | Some(Request::Heartbeat) => {}
                 Some(Request::Handshake(_)) => {
                     // Handshake messages are valid only in the handshake phase, before any
                     // event (and only on a listener with [server.auth]).
-                    telemetry::FORWARD_DECODE_ERRORS.inc();
-                    return Err(End::Decode(DecodeError::Malformed(
+                    return Err(decode_error(DecodeError::Malformed(
                         "handshake message outside the handshake phase",
                     )));
                 }
@@ -605,6 +598,13 @@ impl Conn<'_> {
             }
         }
     }
+}
+
+/// Counts a malformed request (in total and by code); it ends the connection.
+fn decode_error(e: DecodeError) -> End {
+    telemetry::FORWARD_DECODE_ERRORS.inc();
+    telemetry::count_decode_error_code(e.code());
+    End::Decode(e)
 }
 
 /// Sleeps until `at`, or forever.

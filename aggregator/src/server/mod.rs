@@ -43,7 +43,7 @@ use crate::ingest::Pipeline;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ListenerError {
-    /// The TLS certificate, key or client CA could not be loaded.
+    /// The TLS certificate, key, client CA or a CRL could not be loaded.
     #[error("listener {listener}: TLS: {source}")]
     Tls {
         /// The listener's label.
@@ -112,7 +112,7 @@ impl ListenerSettings {
     /// Builds the settings of `config`: loads the TLS files and resolves client host names.
     ///
     /// # Errors
-    /// [`ListenerError::Tls`] when the certificate, key or CA cannot be loaded.
+    /// [`ListenerError::Tls`] when the certificate, key, CA or a CRL cannot be loaded.
     pub fn build(label: &str, config: &ServerConfig) -> Result<Self, ListenerError> {
         let tls = match &config.tls {
             None => None,
@@ -121,6 +121,7 @@ impl ListenerSettings {
                     cert: t.cert.clone(),
                     key: t.key.clone(),
                     client_ca: t.client_ca.clone(),
+                    client_crl: t.client_crl.clone(),
                     min_version: t.min_version,
                 };
                 let loaded =
@@ -489,10 +490,11 @@ impl ListenerSet {
         Ok(notes)
     }
 
-    /// Checks whether any listener's certificate files changed (every `tls.watch_interval`;
-    /// the shortest of all listeners paces the checks) and, if they did and load, swaps them
-    /// in: cert-manager rotates the files of a Secret volume in place, and nobody has to send
-    /// SIGHUP. A file that does not load yet (half written) is retried at the next check.
+    /// Checks whether any listener's TLS files (certificate, key, client CA, CRLs) changed
+    /// (every `tls.watch_interval`; the shortest of all listeners paces the checks) and, if
+    /// they did and load, swaps them in: cert-manager rotates the files of a Secret volume in
+    /// place, a new CRL is written over the old one, and nobody has to send SIGHUP. A file that
+    /// does not load yet (half written) is retried at the next check.
     /// Runs until `shutdown`.
     pub async fn watch_certificates(self, shutdown: CancellationToken) {
         // Without any watching listener, look again now and then: a reload may add one.
@@ -533,11 +535,11 @@ impl ListenerSet {
                             new
                         });
                         tracing::info!(listener = %listener.label, cert = %tls.files.cert.display(),
-                            "TLS certificate files changed: new connections use the new certificate");
+                            "TLS files changed (certificate, key, client CA or CRL): new connections use them");
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(listener = %listener.label, error = %e,
-                            "TLS certificate files changed but do not load; keeping the current certificate");
+                            "TLS files changed but do not load; keeping the current ones");
                     }
                 }
             }
