@@ -26,7 +26,10 @@
 //!   its own task; a request waiting for room (`overflow_action = "block"`) does not stop
 //!   later requests of the same input that go to other buffers. It waits at most
 //!   `block_timeout`, then fails with [`StoreError::BlockTimeout`] (and its input refuses it,
-//!   as with `reject`).
+//!   as with `reject`). When its input goes away meanwhile, it gives up at once
+//!   ([`StoreError::Abandoned`]; records of a request that asked for no ack are counted as
+//!   dropped, `sender_gone`), so a departed peer does not keep its slot; requests of a
+//!   departed input that are not waiting for room are still stored.
 //! - **Order per input and buffer.** The requests of one input enter each buffer in the
 //!   order the input prepared them ([`Lanes`]), even when an earlier one waits for room.
 
@@ -40,6 +43,7 @@ use logferry_common::forward::EventBatch;
 use logferry_common::telemetry;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::dedupe::AckedChunks;
 use crate::payload;
@@ -120,6 +124,7 @@ impl Pipeline {
             return None;
         }
         let records = batch.records;
+        let unacked = batch.chunk.is_none();
         let payload = Bytes::from(payload::encode(&batch.tag, &batch.entries, records));
         drop(batch);
         memory.shrink_to(payload.len());
@@ -130,6 +135,7 @@ impl Pipeline {
         Some(Prepared {
             payload,
             records,
+            unacked,
             targets,
             _memory: memory,
         })
@@ -142,6 +148,8 @@ impl Pipeline {
 pub struct Prepared {
     payload: Bytes,
     records: u32,
+    /// The sender asked for no ack: if the request is given up, its records are lost.
+    unacked: bool,
     targets: Vec<Turn>,
     _memory: Reserved,
 }
@@ -157,6 +165,12 @@ pub enum StoreError {
         buffer: String,
         /// Why.
         source: AppendError,
+    },
+    /// Its input went away while the request waited for room in a full buffer.
+    #[error("buffer {buffer} had no room and the sender is gone")]
+    Abandoned {
+        /// The buffer's name.
+        buffer: String,
     },
     /// A `block` buffer had no room within `block_timeout`.
     #[error("buffer {buffer} had no room within block_timeout ({timeout:?})")]
@@ -174,19 +188,27 @@ impl StoreError {
         match self {
             StoreError::Append { source, .. } => source.code(),
             StoreError::BlockTimeout { .. } => "block_timeout",
+            StoreError::Abandoned { .. } => "sender_gone",
         }
     }
 }
 
 impl Prepared {
     /// Appends the request to every routed buffer, each in its turn, waiting for room at
-    /// most `block_timeout` in all; returns the commit tickets. Cancel-safe: dropping the
-    /// future gives up the turns (later requests go ahead) and never acks anything.
+    /// most `block_timeout` in all; returns the commit tickets. Once `abandon` is cancelled
+    /// (its input is gone), a request still waiting for room in a full buffer gives up; one
+    /// that is merely queued behind its input's earlier requests, or being appended, is still
+    /// stored. Cancel-safe: dropping the future gives up the turns (later requests go ahead)
+    /// and never acks anything.
     ///
     /// # Errors
-    /// The first buffer that refused or timed out. Buffers appended to before it keep the
-    /// records (the sender's re-send makes a duplicate there, never a loss).
-    pub async fn store(self, pipeline: &Pipeline) -> Result<Vec<CommitTicket>, StoreError> {
+    /// The first buffer that refused, timed out or was given up on. Buffers appended to
+    /// before it keep the records (the sender's re-send makes a duplicate there, never a loss).
+    pub async fn store(
+        self,
+        pipeline: &Pipeline,
+        abandon: &CancellationToken,
+    ) -> Result<Vec<CommitTicket>, StoreError> {
         let deadline = Instant::now() + pipeline.block_timeout;
         let mut tickets = Vec::with_capacity(self.targets.len());
         for turn in self.targets {
@@ -199,7 +221,26 @@ impl Prepared {
                 }
                 buffer.append(self.payload.clone(), self.records).await
             };
-            let ticket = match tokio::time::timeout_at(deadline, append).await {
+            let give_up = async {
+                abandon.cancelled().await;
+                while !buffer.is_full() {
+                    tokio::time::sleep(ABANDON_POLL).await;
+                }
+            };
+            let appended = tokio::select! {
+                appended = tokio::time::timeout_at(deadline, append) => appended,
+                () = give_up => {
+                    if self.unacked {
+                        telemetry::DROPPED_RECORDS
+                            .with_label_values(&["sender_gone"])
+                            .inc_by(u64::from(self.records));
+                    }
+                    return Err(StoreError::Abandoned {
+                        buffer: buffer.name().to_owned(),
+                    });
+                }
+            };
+            let ticket = match appended {
                 Ok(Ok(ticket)) => ticket,
                 Ok(Err(source)) => {
                     return Err(StoreError::Append {
@@ -220,6 +261,9 @@ impl Prepared {
         Ok(tickets)
     }
 }
+
+/// How often a request whose input is gone checks whether its buffer is still full.
+const ABANDON_POLL: Duration = Duration::from_millis(100);
 
 /// One input's place in line at each buffer: the next request for buffer `i` appends only
 /// after the previous one for `i` is done with it.

@@ -377,7 +377,8 @@ struct Conn<'a> {
     lanes: Lanes,
     /// This connection's share of the ingest memory budget.
     memory: Holder,
-    /// Cancelled when the connection ends: requests still waiting for room give up (unacked).
+    /// Cancelled when the connection ends: requests still waiting for room in a full buffer
+    /// give up (unacked); the others are stored.
     parked: CancellationToken,
     acks: mpsc::Sender<Ack>,
     conn: CancellationToken,
@@ -415,7 +416,7 @@ impl Conn<'_> {
             tokio::select! {
                 // `read_buf` is cancel-safe: if another branch wins, no bytes were consumed.
                 read = reader.read_buf(&mut self.buf), if can_read => match read {
-                    Ok(0) => return End::Eof,
+                    Ok(0) => return self.drain_buffered().await,
                     Ok(n) => {
                         telemetry::INPUT_BYTES.inc_by(n as u64);
                         if n >= read_size && read_size < READ_CHUNK {
@@ -423,7 +424,9 @@ impl Conn<'_> {
                         }
                     }
                     // A TLS peer that closes without close_notify (most do): an ordinary EOF.
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return End::Eof,
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        return self.drain_buffered().await
+                    }
                     Err(e) => return End::Read(e),
                 },
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
@@ -433,6 +436,30 @@ impl Conn<'_> {
                 }
                 () = sleep_until_opt(deadline.as_ref().map(|(at, _)| *at)) => {
                     if let Some((_, end)) = deadline {
+                        return end;
+                    }
+                }
+                () = self.conn.cancelled() => return self.cancelled(),
+            }
+        }
+    }
+
+    /// At EOF: takes the requests still buffered (a sender that wrote and closed without
+    /// waiting for acks expects them stored), while requests waiting for room in a full buffer
+    /// give up. Returns how the connection ends.
+    async fn drain_buffered(&mut self) -> End {
+        self.parked.cancel();
+        loop {
+            if let Err(end) = self.dispatch_buffered().await {
+                return end;
+            }
+            if self.admitting() {
+                // Every complete request was taken.
+                return End::Eof;
+            }
+            tokio::select! {
+                Some(done) = self.tasks.join_next() => {
+                    if let Err(end) = self.completed(done).await {
                         return end;
                     }
                 }
@@ -560,10 +587,11 @@ impl Conn<'_> {
         // Without a chunk id the sender asked for at-most-once: no ack, but the request still
         // counts against MAX_PENDING_ACKS until it is durable.
         self.tasks.spawn(async move {
-            let tickets = tokio::select! {
-                stored = prepared.store(&pipeline) => stored.map_err(End::NotStored)?,
+            let tickets = match prepared.store(&pipeline, &parked).await {
+                Ok(tickets) => tickets,
                 // The connection ended while this request waited for room: never acked.
-                () = parked.cancelled() => return Ok(None),
+                Err(StoreError::Abandoned { .. }) => return Ok(None),
+                Err(e) => return Err(End::NotStored(e)),
             };
             for ticket in tickets {
                 // Not durable means no ack, ever: closing the connection makes the sender
@@ -588,8 +616,8 @@ impl Conn<'_> {
         }
     }
 
-    /// Ends the connection: requests still waiting for room give up; those already appended
-    /// finish their commit and are acked (the writer flushes them before closing).
+    /// Ends the connection: requests waiting for room in a full buffer give up; the others
+    /// are stored, committed and acked (the writer flushes the acks before closing).
     async fn finish(mut self) {
         self.parked.cancel();
         while let Some(done) = self.tasks.join_next().await {
