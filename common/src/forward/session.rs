@@ -363,9 +363,6 @@ impl ServerHandshake {
     fn check(&self, ping: Ping) -> Result<Accepted, AuthFailure> {
         let auth = &*self.auth;
         let client = ping.client_hostname;
-        if client == auth.hostname {
-            return Err(AuthFailure::SameHostname(client));
-        }
         let rule = self.rule.and_then(|i| auth.clients.get(i));
         let key = rule
             .and_then(|r| r.shared_key.as_deref())
@@ -374,6 +371,11 @@ impl ServerHandshake {
         let expected = handshake::ping_digest(&ping.shared_key_salt, &client, &self.nonce, key);
         if !ct_eq(expected.as_bytes(), ping.shared_key_digest.as_bytes()) {
             return Err(AuthFailure::SharedKeyMismatch(client));
+        }
+        // Only after the key: a peer without it cannot confirm a guess of our hostname from
+        // the PONG's reason.
+        if client == auth.hostname {
+            return Err(AuthFailure::SameHostname(client));
         }
         let username = if auth.users.is_empty() {
             None
@@ -598,6 +600,10 @@ mod tests {
         let c = ClientAuth::new("secret", "aggregator-0");
         let e = run(policy(), "10.0.0.1", c).unwrap_err();
         assert_eq!(e.code(), "same_hostname");
+        // Without the key, a guess of the server's hostname is not confirmed.
+        let c = ClientAuth::new("guess", "aggregator-0");
+        let e = run(policy(), "10.0.0.1", c).unwrap_err();
+        assert_eq!(e.code(), "shared_key_mismatch");
     }
 
     #[test]
