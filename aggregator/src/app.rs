@@ -267,6 +267,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     status.set(Phase::Draining);
     replay_stop.cancel();
     stop_accepting.cancel();
+    // Inputs waiting for memory to decode a request stop waiting: nothing new is taken.
+    pipeline.memory.close();
     if tokio::time::timeout_at(deadline, server_task)
         .await
         .is_err()

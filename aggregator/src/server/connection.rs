@@ -557,23 +557,15 @@ impl Conn<'_> {
         batch: EventBatch,
         memory: Reserved,
     ) -> Result<(), End> {
-        let ack = batch.chunk.clone().map(|chunk| Ack {
+        let mut ack = batch.chunk.clone().map(|chunk| Ack {
             chunk,
             key: self.source.key(frame.bytes()),
             source: self.source,
         });
         drop(frame);
-        if let Some(ack) = ack
-            .as_ref()
-            .filter(|a| self.pipeline.acked.contains(&a.key))
-        {
+        if let Some(resend) = ack.take_if(|a| self.pipeline.acked.contains(&a.key)) {
             // A re-send of a request we already stored and acked: ack again, store nothing.
-            let ack = Ack {
-                chunk: ack.chunk.clone(),
-                key: ack.key,
-                source: ack.source,
-            };
-            return self.acks.send(ack).await.map_err(|_| End::AckWriterGone);
+            return self.acks.send(resend).await.map_err(|_| End::AckWriterGone);
         }
         let Some(prepared) = self.pipeline.prepare(batch, &mut self.lanes, memory) else {
             // Nothing to store (no route, no valid record): acked as it is.
