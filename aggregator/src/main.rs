@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use logferry_aggregator::app::output_buffer_dir;
+use logferry_aggregator::app::{output_buffer_dir, StartError};
 use logferry_aggregator::config::{Config, OutputConfig};
 use logferry_aggregator::outputs::{dead_letter, Output};
 use logferry_common::chunk::inspect_dir;
@@ -157,18 +157,27 @@ fn run(args: RunArgs) -> ExitCode {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-        .and_then(|rt| {
-            rt.block_on(logferry_aggregator::app::run(config, args.config.clone()))
-                .map_err(anyhow::Error::from)
-        });
+        .map(|rt| rt.block_on(logferry_aggregator::app::run(config, args.config.clone())));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        // A config that parses but is invalid exits like `validate` does.
+        Ok(Err(StartError::Config(e))) => {
+            let path = args
+                .config
+                .as_deref()
+                .unwrap_or(std::path::Path::new("(embedded)"));
+            eprintln!("error: {}: {e}", path.display());
+            ExitCode::from(EXIT_CONFIG)
         }
+        Ok(Err(e)) => failed(&anyhow::Error::from(e)),
+        Err(e) => failed(&e),
     }
+}
+
+fn failed(e: &anyhow::Error) -> ExitCode {
+    tracing::error!("{e:#}");
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
 }
 
 fn validate(path: &std::path::Path, check_outputs: bool) -> ExitCode {

@@ -100,3 +100,24 @@ fn validate_accepts_a_valid_file() {
     );
     assert!(stdout.contains("output f: ok"), "{stdout}");
 }
+
+#[test]
+fn run_with_an_invalid_config_exits_78_like_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    // Parses, but the route names an output that does not exist.
+    std::fs::write(
+        &path,
+        "[[route]]\nmatch = \"**\"\noutputs = [\"nowhere\"]\n[outputs.out]\ntype = \"null\"\n",
+    )
+    .unwrap();
+    let out = aggregator()
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("route[0].outputs"), "{stderr}");
+}
