@@ -33,6 +33,7 @@ use logferry_common::telemetry;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::admin::{self, Phase, ReloadRequest, Status};
 use crate::config::{parse_addr, Config, ConfigErrors};
@@ -191,7 +192,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     let hard_stop = CancellationToken::new();
     let worker_tasks: Vec<_> = workers
         .into_iter()
-        .map(|w| tokio::spawn(w.run(hard_stop.clone())))
+        .map(|w| {
+            let span = tracing::info_span!("output", output = %w.name);
+            tokio::spawn(w.run(hard_stop.clone()).instrument(span))
+        })
         .collect();
 
     let status = Arc::new(Status::new(buffers.clone()).with_outputs(healths));

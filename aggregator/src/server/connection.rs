@@ -134,7 +134,7 @@ pub async fn accept(
         Some(auth) => match ServerHandshake::start(Arc::clone(auth), peer.ip()) {
             Ok(handshake) => Some(handshake),
             Err(failure) => {
-                auth_failed(&listener, peer, &failure);
+                auth_failed(&failure);
                 return;
             }
         },
@@ -161,21 +161,21 @@ pub async fn accept(
             count_closed("client_certificate");
             telemetry::FORWARD_AUTH_FAILURES.inc();
             if log_budget() {
-                tracing::warn!(%listener, %peer, error = %e, "TLS: client certificate rejected; connection closed");
+                tracing::warn!(error = %e, "TLS: client certificate rejected; connection closed");
             }
         }
         Ok(Err(e)) => {
             count_closed("tls_handshake");
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                tracing::debug!(%listener, %peer, "connection closed during the TLS handshake");
+                tracing::debug!("connection closed during the TLS handshake");
             } else if log_budget() {
-                tracing::info!(%listener, %peer, error = %e, "TLS handshake failed; connection closed");
+                tracing::info!(error = %e, "TLS handshake failed; connection closed");
             }
         }
         Err(_) => {
             count_closed("handshake_timeout");
             if log_budget() {
-                tracing::info!(%listener, %peer, timeout = ?settings.handshake_timeout,
+                tracing::info!(timeout = ?settings.handshake_timeout,
                     "TLS handshake not finished in time; connection closed");
             }
         }
@@ -183,11 +183,14 @@ pub async fn accept(
 }
 
 /// Counts and logs a failed Forward handshake (never with a secret in it: see [`AuthFailure`]).
-fn auth_failed(listener: &str, peer: SocketAddr, failure: &AuthFailure) {
+fn auth_failed(failure: &AuthFailure) {
     telemetry::FORWARD_AUTH_FAILURES.inc();
     count_closed(failure.code());
     if log_budget() {
-        tracing::warn!(%listener, %peer, reason = failure.code(), "Forward handshake failed: {failure}; connection closed");
+        tracing::warn!(
+            reason = failure.code(),
+            "Forward handshake failed: {failure}; connection closed"
+        );
     }
 }
 
@@ -290,18 +293,21 @@ async fn serve<S: Stream>(
         .await
         {
             Ok(username) => user = username,
-            Err(HandshakeEnd::Failed(failure)) => return auth_failed(listener, peer, &failure),
+            Err(HandshakeEnd::Failed(failure)) => return auth_failed(&failure),
             Err(HandshakeEnd::Eof { partial: 0 }) => {
                 // Connected and left without a word: a TCP health check, not an attack.
-                tracing::debug!(%listener, %peer, "connection closed before PING");
+                tracing::debug!("connection closed before PING");
                 return;
             }
             Err(HandshakeEnd::Eof { partial }) => {
                 telemetry::FORWARD_AUTH_FAILURES.inc();
                 count_closed("truncated_ping");
                 if log_budget() {
-                    tracing::warn!(%listener, %peer, bytes = partial, reason = "truncated_ping",
-                        "Forward handshake failed: the connection ended inside PING");
+                    tracing::warn!(
+                        bytes = partial,
+                        reason = "truncated_ping",
+                        "Forward handshake failed: the connection ended inside PING"
+                    );
                 }
                 return;
             }
@@ -309,13 +315,13 @@ async fn serve<S: Stream>(
                 telemetry::FORWARD_AUTH_FAILURES.inc();
                 count_closed("handshake_timeout");
                 if log_budget() {
-                    tracing::warn!(%listener, %peer, timeout = ?settings.handshake_timeout, reason = "handshake_timeout",
+                    tracing::warn!(timeout = ?settings.handshake_timeout, reason = "handshake_timeout",
                         "Forward handshake failed: no complete PING in time; connection closed");
                 }
                 return;
             }
             Err(HandshakeEnd::Io(e)) => {
-                tracing::info!(%listener, %peer, error = %e, "connection failed during the Forward handshake");
+                tracing::info!(error = %e, "connection failed during the Forward handshake");
                 return;
             }
             Err(HandshakeEnd::Shutdown) => return,
@@ -351,7 +357,7 @@ async fn serve<S: Stream>(
     let pending_bytes = c.buf.len();
     c.finish().await;
     let _ = ack_writer.await;
-    report(listener, peer, settings, end, pending_bytes);
+    report(settings, end, pending_bytes);
 }
 
 /// What a stored request leaves for the ack writer.
@@ -636,59 +642,56 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 /// Counts and logs why a connection ended.
-fn report(
-    listener: &str,
-    peer: SocketAddr,
-    settings: &ListenerSettings,
-    end: End,
-    pending_bytes: usize,
-) {
+fn report(settings: &ListenerSettings, end: End, pending_bytes: usize) {
     match end {
-        End::Eof | End::Shutdown => tracing::debug!(%listener, %peer, ?end, "connection closed"),
+        End::Eof | End::Shutdown => tracing::debug!(?end, "connection closed"),
         End::Idle => {
             count_closed("idle_timeout");
-            tracing::debug!(%listener, %peer, timeout = ?settings.idle_timeout, "closing idle connection");
+            tracing::debug!(timeout = ?settings.idle_timeout, "closing idle connection");
         }
         End::ReadTimeout => {
             count_closed("read_timeout");
             if log_budget() {
-                tracing::info!(%listener, %peer, timeout = ?settings.read_timeout, pending_bytes,
+                tracing::info!(timeout = ?settings.read_timeout, pending_bytes,
                     "closing connection: a request stalled mid-way");
             }
         }
         End::SlowClient => {
             count_closed("slow_client");
             if log_budget() {
-                tracing::warn!(%listener, %peer, min_bytes_per_sec = settings.min_read_rate, pending_bytes,
-                    "closing connection: a request arrives slower than min_read_rate");
+                tracing::warn!(
+                    min_bytes_per_sec = settings.min_read_rate,
+                    pending_bytes,
+                    "closing connection: a request arrives slower than min_read_rate"
+                );
             }
         }
         End::Decode(e) => {
             if log_budget() {
-                tracing::warn!(%listener, %peer, error = %e, code = e.code(), "closing connection: malformed request");
+                tracing::warn!(error = %e, code = e.code(), "closing connection: malformed request");
             }
         }
-        End::Read(e) => tracing::info!(%listener, %peer, error = %e, "connection read failed"),
+        End::Read(e) => tracing::info!(error = %e, "connection read failed"),
         End::NotStored(e) => {
             count_closed(match e {
                 StoreError::BlockTimeout { .. } => "block_timeout",
                 _ => "not_stored",
             });
             if log_budget() {
-                tracing::warn!(%listener, %peer, error = %e, code = e.code(),
+                tracing::warn!(error = %e, code = e.code(),
                     "closing connection: a request could not be stored and was not acked");
             }
         }
         End::Commit(e) => {
             count_closed("commit_failed");
-            tracing::error!(%listener, %peer, error = %e, "commit failed; closing connection without ack");
+            tracing::error!(error = %e, "commit failed; closing connection without ack");
         }
         End::Task(e) => {
             count_closed("internal_error");
-            tracing::error!(%listener, %peer, error = %e, "a request's task failed; closing connection without its ack");
+            tracing::error!(error = %e, "a request's task failed; closing connection without its ack");
         }
         End::AckWriterGone => {
-            tracing::info!(%listener, %peer, "connection closed while writing acks")
+            tracing::info!("connection closed while writing acks")
         }
     }
 }

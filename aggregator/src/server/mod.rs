@@ -35,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::{self, ServerConfig};
 use crate::ingest::Pipeline;
@@ -391,13 +392,18 @@ impl Server {
             let pipeline = Arc::clone(&self.pipeline);
             let shutdown = shutdown.clone();
             let label = Arc::clone(&label);
-            tracker.spawn(async move {
-                telemetry::FORWARD_CONNECTIONS.inc();
-                connection::accept(stream, peer, label, settings, pipeline, shutdown).await;
-                telemetry::FORWARD_CONNECTIONS.dec();
-                drop(slot);
-                drop(permit);
-            });
+            // Every line a connection logs carries its listener and peer.
+            let span = tracing::info_span!("connection", listener = %label, %peer);
+            tracker.spawn(
+                async move {
+                    telemetry::FORWARD_CONNECTIONS.inc();
+                    connection::accept(stream, peer, label, settings, pipeline, shutdown).await;
+                    telemetry::FORWARD_CONNECTIONS.dec();
+                    drop(slot);
+                    drop(permit);
+                }
+                .instrument(span),
+            );
         }
         drop(self.listener);
         tracker.close();
