@@ -117,17 +117,24 @@ enum End {
     AckWriterGone,
 }
 
+/// What a connection takes from its listener.
+#[derive(Debug)]
+pub struct Listener {
+    /// The listener's name, for sources and logs.
+    pub name: Arc<str>,
+    /// The listener's settings when the connection was accepted (a reload applies to new ones).
+    pub settings: Arc<ListenerSettings>,
+    /// Where requests are stored.
+    pub pipeline: Arc<Pipeline>,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+}
+
 /// Takes an accepted TCP connection through TLS and the handshake (as configured), then
 /// serves it until EOF, an error, a timeout or shutdown.
-pub async fn accept(
-    stream: TcpStream,
-    peer: SocketAddr,
-    listener: Arc<str>,
-    settings: Arc<ListenerSettings>,
-    pipeline: Arc<Pipeline>,
-    shutdown: CancellationToken,
-) {
+pub async fn accept(stream: TcpStream, peer: SocketAddr, listener: Listener) {
     let _ = stream.set_nodelay(true);
+    let settings = &listener.settings;
     // The ACL comes first: a refused source costs no TLS handshake.
     let handshake = match &settings.auth {
         None => None,
@@ -141,21 +148,16 @@ pub async fn accept(
     };
     let deadline = Instant::now() + settings.handshake_timeout;
     let Some(tls) = &settings.tls else {
-        return serve(
-            stream, peer, handshake, deadline, &listener, &settings, pipeline, shutdown,
-        )
-        .await;
+        serve(stream, peer, handshake, deadline, &listener).await;
+        return;
     };
     let accepted = tokio::select! {
         accepted = tokio::time::timeout_at(deadline, tls.acceptor.accept(stream)) => accepted,
-        () = shutdown.cancelled() => return,
+        () = listener.shutdown.cancelled() => return,
     };
     match accepted {
         Ok(Ok(stream)) => {
-            serve(
-                stream, peer, handshake, deadline, &listener, &settings, pipeline, shutdown,
-            )
-            .await;
+            serve(stream, peer, handshake, deadline, &listener).await;
         }
         Ok(Err(e)) if tls::is_client_certificate_error(&e) => {
             count_closed("client_certificate");
@@ -268,65 +270,37 @@ async fn write_by<S: AsyncWrite + Unpin>(
     }
 }
 
-/// Serves one connection (after TLS) until EOF, an error, a timeout or shutdown.
-#[allow(clippy::too_many_arguments)]
+/// Serves one connection (after TLS) until EOF, an error, a timeout or shutdown; returns how
+/// it ended (`None`: in the Forward handshake).
 async fn serve<S: Stream>(
     mut stream: S,
     peer: SocketAddr,
     handshake: Option<ServerHandshake>,
     handshake_deadline: Instant,
-    listener: &str,
-    settings: &ListenerSettings,
-    pipeline: Arc<Pipeline>,
-    shutdown: CancellationToken,
-) {
+    listener: &Listener,
+) -> Option<End> {
+    let (settings, shutdown) = (&*listener.settings, &listener.shutdown);
     let mut buf = BytesMut::new();
-    let mut user = None;
-    if let Some(handshake) = handshake {
-        match forward_handshake(
-            &mut stream,
-            handshake,
-            &mut buf,
-            handshake_deadline,
-            &shutdown,
-        )
-        .await
-        {
-            Ok(username) => user = username,
-            Err(HandshakeEnd::Failed(failure)) => return auth_failed(&failure),
-            Err(HandshakeEnd::Eof { partial: 0 }) => {
-                // Connected and left without a word: a TCP health check, not an attack.
-                tracing::debug!("connection closed before PING");
-                return;
-            }
-            Err(HandshakeEnd::Eof { partial }) => {
-                telemetry::FORWARD_AUTH_FAILURES.inc();
-                count_closed("truncated_ping");
-                if log_budget() {
-                    tracing::warn!(
-                        bytes = partial,
-                        reason = "truncated_ping",
-                        "Forward handshake failed: the connection ended inside PING"
-                    );
+    let user = match handshake {
+        None => None,
+        Some(handshake) => {
+            match forward_handshake(
+                &mut stream,
+                handshake,
+                &mut buf,
+                handshake_deadline,
+                shutdown,
+            )
+            .await
+            {
+                Ok(user) => user,
+                Err(end) => {
+                    handshake_failed(settings, end);
+                    return None;
                 }
-                return;
             }
-            Err(HandshakeEnd::Timeout) => {
-                telemetry::FORWARD_AUTH_FAILURES.inc();
-                count_closed("handshake_timeout");
-                if log_budget() {
-                    tracing::warn!(timeout = ?settings.handshake_timeout, reason = "handshake_timeout",
-                        "Forward handshake failed: no complete PING in time; connection closed");
-                }
-                return;
-            }
-            Err(HandshakeEnd::Io(e)) => {
-                tracing::info!(error = %e, "connection failed during the Forward handshake");
-                return;
-            }
-            Err(HandshakeEnd::Shutdown) => return,
         }
-    }
+    };
 
     let (reader, writer) = stream.split();
     let (ack_tx, ack_rx) = mpsc::channel(MAX_PENDING_ACKS);
@@ -335,12 +309,13 @@ async fn serve<S: Stream>(
     let ack_writer = tokio::spawn(write_acks(
         writer,
         ack_rx,
-        Arc::clone(&pipeline),
+        Arc::clone(&listener.pipeline),
         settings.write_timeout,
         conn.clone(),
     ));
+    let pipeline = Arc::clone(&listener.pipeline);
     let mut c = Conn {
-        source: Source::new(listener, user.as_deref(), peer.ip()),
+        source: Source::new(&listener.name, user.as_deref(), peer.ip()),
         lanes: Lanes::new(pipeline.buffers().len()),
         pipeline,
         settings,
@@ -351,13 +326,48 @@ async fn serve<S: Stream>(
         parked: CancellationToken::new(),
         acks: ack_tx,
         conn,
-        shutdown,
+        shutdown: shutdown.clone(),
     };
     let end = c.run(reader).await;
     let pending_bytes = c.buf.len();
     c.finish().await;
     let _ = ack_writer.await;
-    report(settings, end, pending_bytes);
+    report(settings, &end, pending_bytes);
+    Some(end)
+}
+
+/// Counts and logs a Forward handshake that did not complete.
+fn handshake_failed(settings: &ListenerSettings, end: HandshakeEnd) {
+    match end {
+        HandshakeEnd::Failed(failure) => auth_failed(&failure),
+        HandshakeEnd::Eof { partial: 0 } => {
+            // Connected and left without a word: a TCP health check, not an attack.
+            tracing::debug!("connection closed before PING");
+        }
+        HandshakeEnd::Eof { partial } => {
+            telemetry::FORWARD_AUTH_FAILURES.inc();
+            count_closed("truncated_ping");
+            if log_budget() {
+                tracing::warn!(
+                    bytes = partial,
+                    reason = "truncated_ping",
+                    "Forward handshake failed: the connection ended inside PING"
+                );
+            }
+        }
+        HandshakeEnd::Timeout => {
+            telemetry::FORWARD_AUTH_FAILURES.inc();
+            count_closed("handshake_timeout");
+            if log_budget() {
+                tracing::warn!(timeout = ?settings.handshake_timeout, reason = "handshake_timeout",
+                    "Forward handshake failed: no complete PING in time; connection closed");
+            }
+        }
+        HandshakeEnd::Io(e) => {
+            tracing::info!(error = %e, "connection failed during the Forward handshake");
+        }
+        HandshakeEnd::Shutdown => {}
+    }
 }
 
 /// What a stored request leaves for the ack writer.
@@ -642,7 +652,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 /// Counts and logs why a connection ended.
-fn report(settings: &ListenerSettings, end: End, pending_bytes: usize) {
+fn report(settings: &ListenerSettings, end: &End, pending_bytes: usize) {
     match end {
         End::Eof | End::Shutdown => tracing::debug!(?end, "connection closed"),
         End::Idle => {
@@ -741,6 +751,7 @@ mod tests {
     use crate::dedupe::AckedChunks;
     use crate::ingest::MemoryBudget;
     use crate::route::Router;
+    use logferry_common::forward::Limits;
 
     fn pipeline(dir: &std::path::Path) -> Arc<Pipeline> {
         Arc::new(Pipeline::new(
@@ -765,6 +776,111 @@ mod tests {
         let mut raw = Vec::new();
         logferry_common::msgpack::write_str(&mut raw, &format!("chunk-{i:04}-{}", "x".repeat(40)));
         Bytes::from(raw)
+    }
+
+    impl Stream for tokio::io::DuplexStream {
+        type Reader = tokio::io::ReadHalf<Self>;
+        type Writer = tokio::io::WriteHalf<Self>;
+
+        fn split(self) -> (Self::Reader, Self::Writer) {
+            tokio::io::split(self)
+        }
+    }
+
+    const IDLE: Duration = Duration::from_secs(300);
+    const READ: Duration = Duration::from_secs(5);
+
+    fn listener(dir: &std::path::Path, min_read_rate: u64) -> Listener {
+        Listener {
+            name: Arc::from("test"),
+            settings: Arc::new(ListenerSettings {
+                limits: Limits::default(),
+                idle_timeout: IDLE,
+                read_timeout: READ,
+                min_read_rate,
+                write_timeout: Duration::from_secs(10),
+                handshake_timeout: Duration::from_secs(10),
+                max_connections_per_source: 0,
+                tls: None,
+                auth: None,
+            }),
+            pipeline: pipeline(dir),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Serves the server end of an in-memory pipe; returns how it ended and after how long.
+    async fn serve_pipe(
+        listener: &Listener,
+        server: tokio::io::DuplexStream,
+    ) -> (Option<End>, Duration) {
+        let start = Instant::now();
+        let peer = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 1));
+        let end = serve(server, peer, None, start, listener).await;
+        (end, start.elapsed())
+    }
+
+    // The timeout tests run on paused time: the clock jumps to the next timer whenever every
+    // task waits, so they take no wall-clock time and the elapsed times are exact.
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_after_idle_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = listener(dir.path(), 0);
+        let (_client, server) = tokio::io::duplex(4096);
+        let (end, elapsed) = serve_pipe(&listener, server).await;
+        assert!(matches!(end, Some(End::Idle)), "{end:?}");
+        assert_eq!(elapsed, IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_stalled_midway_is_closed_after_read_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = listener(dir.path(), 0);
+        let (mut client, server) = tokio::io::duplex(4096);
+        // The first bytes of a Message-mode request ([tag, time, record]); the rest never comes.
+        client.write_all(&[0x93, 0xa3, b'a', b'p']).await.unwrap();
+        let (end, elapsed) = serve_pipe(&listener, server).await;
+        assert!(matches!(end, Some(End::ReadTimeout)), "{end:?}");
+        assert_eq!(elapsed, READ);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_trickling_below_min_read_rate_is_closed_as_a_slow_client() {
+        let dir = tempfile::tempdir().unwrap();
+        // 100 bytes/s required; the client sends one byte a second, so no single pause reaches
+        // read_timeout, but the request falls behind the rate once the grace has passed.
+        let listener = listener(dir.path(), 100);
+        let (mut client, server) = tokio::io::duplex(4096);
+        let trickle = tokio::spawn(async move {
+            let mut request = vec![0x93, 0xd9, 200];
+            request.extend([b'x'; 200]);
+            for byte in request {
+                if client.write_all(&[byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let (end, elapsed) = serve_pipe(&listener, server).await;
+        trickle.abort();
+        assert!(matches!(end, Some(End::SlowClient)), "{end:?}");
+        assert!(elapsed > READ && elapsed < 2 * READ, "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_a_connection_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = listener(dir.path(), 0);
+        let (_client, server) = tokio::io::duplex(4096);
+        let shutdown = listener.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            shutdown.cancel();
+        });
+        let (end, elapsed) = serve_pipe(&listener, server).await;
+        assert!(matches!(end, Some(End::Shutdown)), "{end:?}");
+        assert_eq!(elapsed, Duration::from_secs(1));
     }
 
     #[tokio::test]

@@ -389,15 +389,18 @@ impl Server {
                     }
                 },
             };
-            let pipeline = Arc::clone(&self.pipeline);
-            let shutdown = shutdown.clone();
-            let label = Arc::clone(&label);
             // Every line a connection logs carries its listener and peer.
             let span = tracing::info_span!("connection", listener = %label, %peer);
+            let listener = connection::Listener {
+                name: Arc::clone(&label),
+                settings,
+                pipeline: Arc::clone(&self.pipeline),
+                shutdown: shutdown.clone(),
+            };
             tracker.spawn(
                 async move {
                     telemetry::FORWARD_CONNECTIONS.inc();
-                    connection::accept(stream, peer, label, settings, pipeline, shutdown).await;
+                    connection::accept(stream, peer, listener).await;
                     telemetry::FORWARD_CONNECTIONS.dec();
                     drop(slot);
                     drop(permit);
