@@ -245,7 +245,7 @@ impl OutputConfig {
                         );
                     }
                 }
-                if let Err(e) = crate::outputs::template::Template::parse(&c.index, true) {
+                if let Err(e) = crate::template::Template::parse(&c.index, true) {
                     err("index", e.to_string());
                 }
                 if let Some(auth) = &c.auth {
@@ -291,13 +291,13 @@ impl OutputConfig {
                         "must list at least one broker, e.g. \"127.0.0.1:9092\"".into(),
                     );
                 }
-                match crate::outputs::template::Template::parse(&c.topic, false) {
+                match crate::template::Template::parse(&c.topic, false) {
                     Err(e) => err("topic", e.to_string()),
                     Ok(t) if t.is_empty() => err("topic", "must not be empty".into()),
                     Ok(_) => {}
                 }
                 if let Some(d) = &c.topic_default {
-                    if !crate::outputs::template::valid_kafka_topic(d) {
+                    if !crate::template::valid_kafka_topic(d) {
                         err("topic_default", format!("{d:?} is not a valid topic name ([A-Za-z0-9._-], at most 249 characters)"));
                     }
                 }
