@@ -59,8 +59,8 @@ pub(super) fn parse(text: &str, mut table: Table) -> Result<Config, ConfigErrors
     let mut r = Reader {
         text,
         errors: Vec::new(),
-        unparsed: Unparsed::default(),
     };
+    let mut unparsed = Unparsed::default();
     for key in table.keys().filter(|k| !TOP_LEVEL.contains(&k.as_str())) {
         let message = toml::de::Error::unknown_field(key, TOP_LEVEL)
             .message()
@@ -75,7 +75,7 @@ pub(super) fn parse(text: &str, mut table: Table) -> Result<Config, ConfigErrors
     let server = match table.remove("server") {
         Some(Value::Array(items)) => {
             let (listeners, all) = r.array_sections("server", items, ServerConfig::deserialize);
-            r.unparsed.server = !all;
+            unparsed.server = !all;
             Some(Listeners::new(listeners))
         }
         Some(v) => {
@@ -85,16 +85,16 @@ pub(super) fn parse(text: &str, mut table: Table) -> Result<Config, ConfigErrors
                 v,
                 Listeners::deserialize,
             );
-            r.unparsed.server = listeners.is_none();
+            unparsed.server = listeners.is_none();
             listeners
         }
         None => None,
     };
     let admin = r.table_section(&mut table, "admin");
     let buffer = r.table_section(&mut table, "buffer");
-    r.unparsed.buffer = buffer.is_none();
+    unparsed.buffer = buffer.is_none();
     let ingest = r.table_section(&mut table, "ingest");
-    r.unparsed.ingest = ingest.is_none();
+    unparsed.ingest = ingest.is_none();
     // A `route` or `outputs` of the wrong shape leaves nothing to validate against.
     let mut shapeless = false;
     let mut routes = Vec::new();
@@ -102,7 +102,7 @@ pub(super) fn parse(text: &str, mut table: Table) -> Result<Config, ConfigErrors
         Some(Value::Array(items)) => {
             let all;
             (routes, all) = r.array_sections("route", items, RouteConfig::deserialize);
-            r.unparsed.routes = !all;
+            unparsed.routes = !all;
         }
         Some(v) => {
             shapeless = true;
@@ -126,7 +126,7 @@ pub(super) fn parse(text: &str, mut table: Table) -> Result<Config, ConfigErrors
                         outputs.insert(name, output);
                     }
                     None => {
-                        r.unparsed.outputs.insert(name);
+                        unparsed.outputs.insert(name);
                     }
                 }
             }
@@ -157,7 +157,7 @@ pub(super) fn parse(text: &str, mut table: Table) -> Result<Config, ConfigErrors
         return Ok(config);
     }
     if !shapeless {
-        config.validate_into(&r.unparsed, &mut errors);
+        config.validate_into(&unparsed, &mut errors);
     }
     Err(ConfigErrors(errors))
 }
@@ -177,11 +177,11 @@ impl<'a> Header<'a> {
     }
 }
 
-/// The errors found so far.
+/// Reads sections of `text` (nothing here is particular to the aggregator's sections),
+/// collecting their errors.
 struct Reader<'a> {
     text: &'a str,
     errors: Vec<ConfigError>,
-    unparsed: Unparsed,
 }
 
 impl Reader<'_> {
