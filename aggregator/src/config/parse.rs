@@ -380,4 +380,20 @@ type = "null"
         assert_eq!(errors[1].line, Some(5), "{errors:?}");
         assert_eq!(errors[2].line, Some(9), "{errors:?}");
     }
+
+    #[test]
+    fn a_section_of_the_wrong_shape_is_reported_alone() {
+        let text = "outputs = 3\n[buffer]\nfsync = \"sometimes\"\n[bogus]\nx = 1\n";
+        let errors = Config::parse_with_env(text, no_env).unwrap_err().0;
+        let found: Vec<(&str, Option<usize>)> =
+            errors.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        // No "at least one output/route is required": what the outputs are is unknown.
+        assert_eq!(
+            found,
+            [("", Some(4)), ("buffer", Some(2)), ("outputs", Some(1))],
+            "{errors:?}"
+        );
+        assert!(errors[0].message.contains("`bogus`"), "{errors:?}");
+        assert!(errors[1].message.contains("sometimes"), "{errors:?}");
+    }
 }
