@@ -20,6 +20,8 @@
 //! - [`payload`]: what a chunk frame holds.
 //! - [`dedupe`]: recently acked requests (re-sends are acked, not stored twice).
 //! - [`outputs`]: the output workers and the outputs themselves.
+//! - [`record`]: records as the outputs see them (flattened from a chunk) and msgpack lookups.
+//! - [`template`]: index and topic name templates (`${tag}`, record fields, strftime).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/reload`.
 //! - [`app`]: start, reload and graceful shutdown.
 
@@ -30,5 +32,7 @@ pub mod dedupe;
 pub mod ingest;
 pub mod outputs;
 pub mod payload;
+pub mod record;
 pub mod route;
 pub mod server;
+pub mod template;

@@ -121,3 +121,47 @@ fn run_with_an_invalid_config_exits_78_like_validate() {
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("route[0].outputs"), "{stderr}");
 }
+
+/// Two misspelled keys in different sections, a bad size and a semantic error.
+const FOUR_ERRORS: &str = r#"
+[admin]
+lisen = "127.0.0.1:24231"
+[ingest]
+memory_limit = "lots"
+[[route]]
+match = "app.{web"
+outputs = ["out"]
+[outputs.out]
+type = "null"
+concurency = 2
+"#;
+
+fn assert_four_errors(command: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, FOUR_ERRORS).unwrap();
+    let out = aggregator()
+        .arg(command)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    for expected in ["lisen", "lots", "concurency", "route[0].match"] {
+        assert!(
+            stderr.contains(expected),
+            "{expected} missing from:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn validate_reports_parse_and_semantic_errors_of_every_section_in_one_run() {
+    assert_four_errors("validate");
+}
+
+#[test]
+fn run_reports_parse_and_semantic_errors_of_every_section_in_one_run() {
+    assert_four_errors("run");
+}

@@ -62,12 +62,12 @@ use logferry_common::forward::encode_entry;
 use logferry_common::msgpack::{self, Token, DEFAULT_MAX_DEPTH};
 use logferry_common::telemetry;
 
-use super::record::{Origin, Records};
 use super::DeadItem;
 #[cfg(test)]
 use super::Failure;
 use crate::config::{DeadLetterConfig, DeadLetterWhenFull};
 use crate::payload;
+use crate::record::{Origin, Records};
 
 /// Envelope version.
 const VERSION: u64 = 1;

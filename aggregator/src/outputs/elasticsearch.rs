@@ -38,10 +38,10 @@ use elasticsearch::http::{Method, Url};
 use elasticsearch::Elasticsearch;
 use serde::Deserialize;
 
-use super::record::write_json_with;
-use super::template::{finish_es_index, sanitize_es_index, Template};
 use super::{Attempt, Failure, Outcome, OutputError, Rec};
 use crate::config::{ElasticsearchOutputConfig, EsAction, HttpCompression};
+use crate::record::write_json_with;
+use crate::template::{finish_es_index, sanitize_es_index, Template};
 
 /// The Elasticsearch output.
 #[derive(Debug)]
@@ -494,7 +494,7 @@ impl EsOutput {
 
 /// The deterministic `_id` of a record written by output `output`.
 pub fn doc_id(output: &str, rec: &Rec) -> String {
-    super::record::stable_id(output, rec)
+    crate::record::stable_id(output, rec)
 }
 
 #[derive(Debug, Deserialize)]
@@ -534,7 +534,7 @@ fn snippet(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outputs::record::Origin;
+    use crate::record::Origin;
     use bytes::Bytes;
     use logferry_common::forward::EventTime;
     use std::sync::Arc;

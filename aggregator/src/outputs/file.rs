@@ -485,7 +485,7 @@ fn cut_torn_line(file: &File, path: &Path, len: u64) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outputs::record::Origin;
+    use crate::record::Origin;
     use bytes::Bytes;
     use logferry_common::forward::EventTime;
 

@@ -26,10 +26,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use super::record::{scalar, write_json_with};
-use super::template::{sanitize_kafka_topic, Template};
 use super::{Attempt, Failure, Outcome, OutputError, Rec};
 use crate::config::{KafkaFormat, KafkaOutputConfig};
+use crate::record::{scalar, write_json_with};
+use crate::template::{sanitize_kafka_topic, Template};
 
 /// Bytes librdkafka adds around a message in a record batch (headers, lengths, CRC); a record
 /// must fit under `message.max.bytes` with them.
@@ -181,7 +181,7 @@ impl KafkaOutput {
             KafkaFormat::Msgpack => {
                 let extra: Vec<&(&str, &str)> = extra
                     .iter()
-                    .filter(|(k, _)| !super::record::has_key(&rec.record, k))
+                    .filter(|(k, _)| !crate::record::has_key(&rec.record, k))
                     .collect();
                 if extra.is_empty() {
                     out.extend_from_slice(&rec.record);
@@ -309,7 +309,7 @@ fn classify(e: &KafkaError) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outputs::record::Origin;
+    use crate::record::Origin;
     use bytes::Bytes;
     use logferry_common::forward::EventTime;
     use std::sync::Arc;

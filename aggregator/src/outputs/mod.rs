@@ -44,10 +44,8 @@ pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod null;
-pub mod record;
 #[cfg(feature = "stackdriver")]
 pub mod stackdriver;
-pub mod template;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,8 +58,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{OutputConfig, RetryConfig};
+use crate::record;
+pub use crate::record::{Rec, Records};
 pub use dead_letter::DeadLetters;
-pub use record::{Rec, Records};
 
 /// What happened to one record in one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]

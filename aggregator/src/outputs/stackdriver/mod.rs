@@ -145,7 +145,7 @@ impl GclOutput {
             .map_err(|e| {
                 Failure::new("unencodable", format!("record is not a JSON object: {e}"))
             })?;
-        let insert_id = super::record::stable_id(&self.name, rec);
+        let insert_id = crate::record::stable_id(&self.name, rec);
         Ok(map_record(
             map,
             (i64::from(rec.time.secs), rec.time.nanos),

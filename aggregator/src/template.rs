@@ -14,7 +14,7 @@
 use chrono::format::{Item, StrftimeItems};
 use logferry_common::forward::EventTime;
 
-use super::record::scalar;
+use crate::record::scalar;
 
 /// A parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
