@@ -1,5 +1,7 @@
 //! Shared pieces of logferry: what the forwarder and the aggregator both need.
 //!
+//! - [`event_time`]: Fluentd's nanosecond `EventTime` (msgpack ext 0).
+//! - [`msgpack`]: value boundaries, scalar readers, header writers, JSON transcoding.
 //! - [`forward`]: the Fluentd Forward protocol v1 codec. Pure: bytes in, values out, no IO, so it
 //!   can be fuzzed and property-tested on its own.
 //! - [`chunk`]: the durable chunk buffer. Chunk files are the source of truth; appends share
@@ -18,6 +20,7 @@
 pub mod backoff;
 pub mod chunk;
 pub mod config;
+pub mod event_time;
 pub mod forward;
 pub mod kv;
 pub mod msgpack;
