@@ -4,6 +4,7 @@
 //! - [`msgpack`]: value boundaries, scalar readers, header writers, JSON transcoding.
 //! - [`forward`]: the Fluentd Forward protocol v1 codec. Pure: bytes in, values out, no IO, so it
 //!   can be fuzzed and property-tested on its own.
+//! - [`payload`]: what a chunk frame holds, one PackedForward request (both binaries store it).
 //! - [`chunk`]: the durable chunk buffer. Chunk files are the source of truth; appends share
 //!   fsyncs (group commit) and every append hands back a ticket that resolves only when its bytes
 //!   are on disk, so acks can follow durability.
@@ -24,5 +25,6 @@ pub mod event_time;
 pub mod forward;
 pub mod kv;
 pub mod msgpack;
+pub mod payload;
 pub mod telemetry;
 pub mod tls;

@@ -60,6 +60,7 @@ use logferry_common::chunk::{
 };
 use logferry_common::forward::encode_entry;
 use logferry_common::msgpack::{self, Token, DEFAULT_MAX_DEPTH};
+use logferry_common::payload;
 use logferry_common::telemetry;
 
 use super::record::{Origin, Records};
@@ -67,7 +68,6 @@ use super::DeadItem;
 #[cfg(test)]
 use super::Failure;
 use crate::config::{DeadLetterConfig, DeadLetterWhenFull};
-use crate::payload;
 
 /// Envelope version.
 const VERSION: u64 = 1;
