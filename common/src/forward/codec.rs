@@ -169,6 +169,33 @@ impl Decoder {
     /// # Errors
     /// See [`DecodeError`]; all are fatal for the connection. The bytes of a request that
     /// failed to parse have been consumed; on a limit or framing error they have not.
+    ///
+    /// # Example
+    /// A Message-mode request arriving in two pieces, then a heartbeat:
+    /// ```
+    /// use bytes::BytesMut;
+    /// use logferry_common::forward::{Decoder, Entries, EventTime, Request};
+    ///
+    /// // ["app", EventTime(1, 2), {"log": "hi"}, {"chunk": "c1"}], then nil.
+    /// let wire: &[u8] = b"\x94\xa3app\xd7\x00\x00\x00\x00\x01\x00\x00\x00\x02\
+    ///                     \x81\xa3log\xa2hi\x81\xa5chunk\xa2c1\xc0";
+    /// let mut decoder = Decoder::default();
+    /// let mut buf = BytesMut::from(&wire[..10]);
+    /// assert_eq!(decoder.decode(&mut buf)?, None); // incomplete: nothing consumed
+    /// buf.extend_from_slice(&wire[10..]);
+    ///
+    /// let Some(Request::Events(batch)) = decoder.decode(&mut buf)? else { panic!() };
+    /// assert_eq!(batch.tag, "app");
+    /// assert_eq!(batch.records, 1);
+    /// let entry = Entries::new(&batch.entries).next().unwrap()?;
+    /// assert_eq!(entry.time, EventTime::new(1, 2));
+    /// assert_eq!(entry.record, b"\x81\xa3log\xa2hi");
+    /// assert_eq!(batch.ack().unwrap(), b"\x81\xa3ack\xa2c1");
+    ///
+    /// assert_eq!(decoder.decode(&mut buf)?, Some(Request::Heartbeat));
+    /// assert!(buf.is_empty());
+    /// # Ok::<(), logferry_common::forward::DecodeError>(())
+    /// ```
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, DecodeError> {
         self.decode_next(buf)
     }
