@@ -18,6 +18,8 @@
 //! At-least-once, end to end: a record acknowledged to a sender is fsync'd on the receiver
 //! before the ack leaves; a chunk file is deleted only after its output delivered it.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod backoff;
 pub mod chunk;
 pub mod config;

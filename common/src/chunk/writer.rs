@@ -169,7 +169,7 @@ struct Inner {
 }
 
 /// Most bytes of appends waiting in memory for one buffer's writer thread.
-pub const MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
+pub(super) const MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
 const QUEUE_PERMIT_BYTES: u64 = 1024;
 const QUEUE_PERMITS: u64 = MAX_QUEUED_BYTES / QUEUE_PERMIT_BYTES;
 

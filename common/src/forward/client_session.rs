@@ -1,5 +1,5 @@
 //! The client side of the shared-key handshake, for our forwarder and `logferry-loadtest`: a
-//! pure state machine ([`ClientHandshake`]) and an async helper ([`handshake`]) that runs it
+//! pure state machine ([`ClientHandshake`]) and an async helper ([`handshake()`]) that runs it
 //! over any stream (plain TCP or a TLS session).
 //!
 //! ```text
@@ -42,7 +42,7 @@ pub struct ClientAuth {
     pub username: String,
     /// The user's password.
     pub password: String,
-    /// How long [`handshake`] waits for each server message (HELO, then PONG).
+    /// How long [`handshake()`] waits for each server message (HELO, then PONG).
     pub timeout: Duration,
 }
 
