@@ -40,13 +40,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use logferry_common::chunk::{AppendError, Buffer, CommitTicket};
 use logferry_common::forward::EventBatch;
+use logferry_common::payload;
 use logferry_common::telemetry;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::dedupe::AckedChunks;
-use crate::payload;
 use crate::route::Router;
 
 /// Everything an input needs to store a batch: shared by every connection of every listener.

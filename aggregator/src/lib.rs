@@ -17,7 +17,6 @@
 //! - [`ingest`]: what every input shares to store a batch: routing, the memory budget,
 //!   ordered appends with a bounded wait for room.
 //! - [`route`]: Fluentd tag patterns.
-//! - [`payload`]: what a chunk frame holds.
 //! - [`dedupe`]: recently acked requests (re-sends are acked, not stored twice).
 //! - [`outputs`]: the output workers and the outputs themselves.
 //! - [`record`]: records as the outputs see them (flattened from a chunk) and msgpack lookups.
@@ -31,7 +30,6 @@ pub mod config;
 pub mod dedupe;
 pub mod ingest;
 pub mod outputs;
-pub mod payload;
 pub mod record;
 pub mod route;
 pub mod server;

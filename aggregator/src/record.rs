@@ -13,9 +13,8 @@ use bytes::Bytes;
 use logferry_common::chunk::ChunkContents;
 use logferry_common::forward::{Entries, EventTime};
 use logferry_common::msgpack::{self, Token, DEFAULT_MAX_DEPTH};
+use logferry_common::payload;
 use logferry_common::telemetry;
-
-use crate::payload;
 
 /// Which chunk a record came from: its buffer sequence number and creation time. Sequence
 /// numbers are never reused by a buffer, and the creation time tells apart two buffers (a

@@ -1,7 +1,10 @@
 //! Shared pieces of logferry: what the forwarder and the aggregator both need.
 //!
+//! - [`event_time`]: Fluentd's nanosecond `EventTime` (msgpack ext 0).
+//! - [`msgpack`]: value boundaries, scalar readers, header writers, JSON transcoding.
 //! - [`forward`]: the Fluentd Forward protocol v1 codec. Pure: bytes in, values out, no IO, so it
 //!   can be fuzzed and property-tested on its own.
+//! - [`payload`]: what a chunk frame holds, one PackedForward request (both binaries store it).
 //! - [`chunk`]: the durable chunk buffer. Chunk files are the source of truth; appends share
 //!   fsyncs (group commit) and every append hands back a ticket that resolves only when its bytes
 //!   are on disk, so acks can follow durability.
@@ -15,11 +18,15 @@
 //! At-least-once, end to end: a record acknowledged to a sender is fsync'd on the receiver
 //! before the ack leaves; a chunk file is deleted only after its output delivered it.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod backoff;
 pub mod chunk;
 pub mod config;
+pub mod event_time;
 pub mod forward;
 pub mod kv;
 pub mod msgpack;
+pub mod payload;
 pub mod telemetry;
 pub mod tls;

@@ -39,7 +39,7 @@
 
 use std::borrow::Cow;
 
-use crate::forward::EventTime;
+use crate::event_time::EventTime;
 
 /// Nesting limit used by [`write_json`] and, for records, by the Forward decoder. Kubernetes
 /// records are 3-4 levels deep; anything near this limit is hostile or broken.

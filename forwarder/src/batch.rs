@@ -21,11 +21,11 @@
 //! The chunk id is drawn when the batch is made and stored with it, so it is the same on every
 //! re-send, across reconnects, failover and forwarder restarts, and unique across forwarders
 //! (the aggregator de-duplicates by it). Without gzip a frame is sent as it is, with no
-//! re-encoding.
+//! re-encoding. The encoding is [`logferry_common::payload`]'s; this module adds the id.
 
 use logferry_common::forward::EventTime;
-use logferry_common::forward::{encode_compressed_packed_forward, encode_packed_forward, gzip};
 use logferry_common::msgpack;
+use logferry_common::payload::{self, Payload, PayloadError};
 
 use crate::json_merge;
 use crate::parse::Stream;
@@ -92,21 +92,14 @@ pub fn new_chunk_id() -> String {
 
 /// Builds the frame payload: a PackedForward request with `size` and a fresh chunk id.
 pub fn encode_frame(tag: &str, entries: &[u8], records: u32) -> Vec<u8> {
-    let id = new_chunk_id();
-    let mut out = Vec::with_capacity(entries.len() + tag.len() + 80);
-    encode_packed_forward(tag, entries, records, Some(&id), &mut out);
-    out
+    payload::encode_with_chunk_id(tag, entries, records, &new_chunk_id())
 }
 
-/// A frame payload read back: the parts of its PackedForward request.
+/// A frame payload read back: its request, and the chunk id every forwarder frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame<'a> {
-    /// The tag.
-    pub tag: &'a str,
-    /// Canonical packed entries.
-    pub entries: &'a [u8],
-    /// Records (the `size` option).
-    pub records: u32,
+    /// The stored request.
+    pub payload: Payload<'a>,
     /// The raw msgpack of the `chunk` option (what the ack echoes).
     pub chunk_raw: &'a [u8],
 }
@@ -114,62 +107,29 @@ pub struct Frame<'a> {
 /// Why a frame payload could not be read (a frame that passed its CRC but was not written by
 /// [`encode_frame`]: a bug or a foreign file, never a torn write).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("buffer frame is not a PackedForward request with a chunk id: {0}")]
-pub struct FrameError(&'static str);
+pub enum FrameError {
+    /// Not a PackedForward request.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    /// A request without the chunk id the ack is matched by.
+    #[error("buffer frame has no chunk id")]
+    NoChunkId,
+}
 
 /// Reads a frame payload written by [`encode_frame`].
 pub fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
-    let mut cur = buf;
-    let n = msgpack::read_array_len(&mut cur).map_err(|_| FrameError("not an array"))?;
-    if n != 3 {
-        return Err(FrameError("not 3 elements"));
-    }
-    let tag = msgpack::read_str(&mut cur).map_err(|_| FrameError("tag is not a str"))?;
-    let tag = std::str::from_utf8(tag).map_err(|_| FrameError("tag is not UTF-8"))?;
-    let entries =
-        msgpack::read_str_or_bin(&mut cur).map_err(|_| FrameError("entries are not bin"))?;
-    let pairs = msgpack::read_map_len(&mut cur).map_err(|_| FrameError("options are not a map"))?;
-    let mut records = None;
-    let mut chunk_raw = None;
-    for _ in 0..pairs {
-        let key = msgpack::read_str(&mut cur).map_err(|_| FrameError("option key"))?;
-        let value = msgpack::skip_value(&mut cur, 4).map_err(|_| FrameError("option value"))?;
-        match key {
-            b"size" => {
-                let mut v = value;
-                records = msgpack::read_u64(&mut v)
-                    .ok()
-                    .and_then(|r| u32::try_from(r).ok());
-            }
-            b"chunk" => chunk_raw = Some(value),
-            _ => {}
-        }
-    }
-    Ok(Frame {
-        tag,
-        entries,
-        records: records.ok_or(FrameError("no size"))?,
-        chunk_raw: chunk_raw.ok_or(FrameError("no chunk id"))?,
-    })
+    let payload = payload::decode(buf)?;
+    let chunk_raw = payload.chunk_raw.ok_or(FrameError::NoChunkId)?;
+    Ok(Frame { payload, chunk_raw })
 }
 
-/// The request to send for a frame: the payload itself, or its gzip form.
-pub fn wire_request(payload: &[u8], frame: &Frame<'_>, gzip_it: bool) -> Option<Vec<u8>> {
-    if !gzip_it {
-        return None;
+/// The request to send for a frame when it is not the frame itself: its gzip form, if asked.
+pub fn wire_request(frame: &Frame<'_>, gzip_it: bool) -> Option<Vec<u8>> {
+    if gzip_it {
+        frame.payload.to_compressed()
+    } else {
+        None
     }
-    let mut cur = frame.chunk_raw;
-    let id = msgpack::read_str(&mut cur).ok()?;
-    let id = std::str::from_utf8(id).ok()?;
-    let mut out = Vec::with_capacity(payload.len() / 4 + 64);
-    encode_compressed_packed_forward(
-        frame.tag,
-        &gzip(frame.entries),
-        frame.records,
-        Some(id),
-        &mut out,
-    );
-    Some(out)
 }
 
 #[cfg(test)]
@@ -297,14 +257,14 @@ mod tests {
         encode_entry(EventTime::new(1, 2), &[0x80], &mut entries);
         let payload = encode_frame("kube.x", &entries, 1);
         let f = decode_frame(&payload).unwrap();
-        assert_eq!(f.tag, "kube.x");
-        assert_eq!(f.entries, &entries[..]);
-        assert_eq!(f.records, 1);
+        assert_eq!(f.payload.tag, "kube.x");
+        assert_eq!(f.payload.entries, &entries[..]);
+        assert_eq!(f.payload.records, 1);
         let id = logferry_common::forward::ack::chunk_id_bytes(f.chunk_raw).unwrap();
         assert_eq!(id.len(), 32);
         let other = encode_frame("kube.x", &entries, 1);
         assert_ne!(decode_frame(&other).unwrap().chunk_raw, f.chunk_raw);
-        let gz = wire_request(&payload, &f, true).unwrap();
+        let gz = wire_request(&f, true).unwrap();
         let v = rmpv::decode::read_value(&mut &gz[..]).unwrap();
         assert_eq!(get(&v[2], "compressed").unwrap().as_str(), Some("gzip"));
         assert_eq!(
@@ -312,6 +272,6 @@ mod tests {
             id
         );
         assert!(decode_frame(b"\x93\xa1x").is_err());
-        assert!(wire_request(&payload, &f, false).is_none());
+        assert!(wire_request(&f, false).is_none());
     }
 }

@@ -60,13 +60,13 @@ use logferry_common::chunk::{
 };
 use logferry_common::forward::encode_entry;
 use logferry_common::msgpack::{self, Token, DEFAULT_MAX_DEPTH};
+use logferry_common::payload;
 use logferry_common::telemetry;
 
 use super::DeadItem;
 #[cfg(test)]
 use super::Failure;
 use crate::config::{DeadLetterConfig, DeadLetterWhenFull};
-use crate::payload;
 use crate::record::{Origin, Records};
 
 /// Envelope version.

@@ -704,7 +704,7 @@ mod tests {
                 &mut entries,
             );
         }
-        Bytes::from(crate::payload::encode("app", &entries, n))
+        Bytes::from(logferry_common::payload::encode("app", &entries, n))
     }
 
     fn start_worker(

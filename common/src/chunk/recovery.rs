@@ -35,7 +35,7 @@ use super::{BufferOptions, ChunkError, SealedChunk};
 use crate::telemetry;
 
 /// The subdirectory where files recovery cannot trust are moved.
-pub const QUARANTINE_DIR: &str = "quarantine";
+pub(super) const QUARANTINE_DIR: &str = "quarantine";
 
 /// What recovery found and did, returned by [`Buffer::open`](super::Buffer::open).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -111,6 +111,23 @@ impl CommitTicket {
     /// The error of the write or sync that failed the frame's group (the frame may or may not
     /// be on disk: it must be treated as not stored), or [`ChunkError::Closed`] if the writer
     /// stopped before committing it.
+    ///
+    /// # Example
+    /// Acknowledge only after the ticket resolves (with the default [`FsyncPolicy::Always`]
+    /// the frame then survives a power loss):
+    /// ```
+    /// use bytes::Bytes;
+    /// use logferry_common::chunk::{Buffer, BufferOptions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let (buffer, _sealed, _) = Buffer::open(BufferOptions::new(dir.path(), "example"))?;
+    /// let ticket = buffer.append(Bytes::from_static(b"payload"), 1).await?;
+    /// ticket.durable().await?;
+    /// assert_eq!(buffer.stats().frames_committed, 1);
+    /// // now send the ack
+    /// # Ok(()) }
+    /// ```
     pub async fn durable(self) -> Result<(), ChunkError> {
         // A dropped sender means the writer thread ended without answering: never an ack.
         self.rx.await.unwrap_or(Err(ChunkError::Closed))
@@ -152,7 +169,7 @@ struct Inner {
 }
 
 /// Most bytes of appends waiting in memory for one buffer's writer thread.
-pub const MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
+pub(super) const MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
 const QUEUE_PERMIT_BYTES: u64 = 1024;
 const QUEUE_PERMITS: u64 = MAX_QUEUED_BYTES / QUEUE_PERMIT_BYTES;
 
@@ -173,6 +190,28 @@ impl Buffer {
     ///
     /// # Errors
     /// [`ChunkError::InvalidOptions`], or an IO error that leaves the directory unusable.
+    ///
+    /// # Example
+    /// A restart finds what the previous run committed, as sealed chunks:
+    /// ```
+    /// use bytes::Bytes;
+    /// use logferry_common::chunk::{Buffer, BufferOptions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let options = BufferOptions::new(dir.path(), "example");
+    ///
+    /// let (buffer, _sealed, recovered) = Buffer::open(options.clone())?;
+    /// assert_eq!(recovered.records, 0);
+    /// buffer.append(Bytes::from_static(b"a frame"), 3).await?.durable().await?;
+    /// buffer.close().await?;
+    ///
+    /// let (_buffer, mut sealed, recovered) = Buffer::open(options)?;
+    /// assert_eq!(recovered.records, 3);
+    /// let chunk = sealed.try_recv().expect("the recovered chunk is delivered first");
+    /// assert_eq!(chunk.records, 3);
+    /// # Ok(()) }
+    /// ```
     pub fn open(options: BufferOptions) -> Result<(Buffer, SealedReceiver, Recovered), ChunkError> {
         options.validate()?;
         let outcome = recovery::recover(&options)?;
@@ -221,6 +260,29 @@ impl Buffer {
     /// # Errors
     /// [`AppendError::TooLarge`] if the payload exceeds `max_frame_bytes` or the frame exceeds
     /// `total_limit_size`; [`AppendError::Full`]; [`AppendError::Closed`].
+    ///
+    /// # Example
+    /// Appends return at once; the ticket says when the frame is on disk. A sealed chunk
+    /// yields the frames back, in order:
+    /// ```
+    /// use bytes::Bytes;
+    /// use logferry_common::chunk::{Buffer, BufferOptions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let (buffer, mut sealed, _) = Buffer::open(BufferOptions::new(dir.path(), "example"))?;
+    /// let first = buffer.append(Bytes::from_static(b"one"), 1).await?;
+    /// let second = buffer.append(Bytes::from_static(b"two, three"), 2).await?;
+    /// first.durable().await?;
+    /// second.durable().await?;
+    ///
+    /// buffer.seal_now().await?;
+    /// let chunk = sealed.recv().await.expect("the sealed chunk");
+    /// let frames: Vec<(Bytes, u32)> = chunk.read()?.payloads().collect();
+    /// assert_eq!(frames, [(Bytes::from("one"), 1), (Bytes::from("two, three"), 2)]);
+    /// buffer.release(&chunk)?; // delivered: the file is deleted
+    /// # Ok(()) }
+    /// ```
     pub async fn append(&self, payload: Bytes, records: u32) -> Result<CommitTicket, AppendError> {
         let options = &self.inner.options;
         let len = payload.len() as u64;

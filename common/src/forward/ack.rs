@@ -15,7 +15,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::codec::DecodeError;
+use super::error::DecodeError;
 use crate::msgpack::{self, Scan, Token, DEFAULT_MAX_DEPTH};
 
 /// The largest ack frame a client accepts. Chunk ids are a few dozen bytes; anything this big is

@@ -1,5 +1,5 @@
 //! The client side of the shared-key handshake, for our forwarder and `logferry-loadtest`: a
-//! pure state machine ([`ClientHandshake`]) and an async helper ([`handshake`]) that runs it
+//! pure state machine ([`ClientHandshake`]) and an async helper ([`handshake()`]) that runs it
 //! over any stream (plain TCP or a TLS session).
 //!
 //! ```text
@@ -27,9 +27,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::codec::{DecodeError, Decoder, Limits, Request};
-use super::handshake::{self, Helo, Message, Ping, Pong};
-use super::session::MAX_HANDSHAKE_BYTES;
+use super::codec::{Decoder, Limits, Request};
+use super::error::DecodeError;
+use super::handshake::{self, Helo, Message, Ping, Pong, MAX_HANDSHAKE_BYTES};
 
 /// What a client authenticates with.
 #[derive(Clone, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub struct ClientAuth {
     pub username: String,
     /// The user's password.
     pub password: String,
-    /// How long [`handshake`] waits for each server message (HELO, then PONG).
+    /// How long [`handshake()`] waits for each server message (HELO, then PONG).
     pub timeout: Duration,
 }
 
@@ -317,79 +317,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::session::{ServerAuth, ServerHandshake};
-    use std::collections::HashMap;
-    use std::sync::Arc;
-
-    fn policy(users: &[(&str, &str)]) -> Arc<ServerAuth> {
-        Arc::new(ServerAuth {
-            hostname: "aggregator-0".into(),
-            shared_key: Some("secret".into()),
-            users: users
-                .iter()
-                .map(|(u, p)| (u.to_string(), p.to_string()))
-                .collect::<HashMap<_, _>>(),
-            clients: Vec::new(),
-            allow_anonymous_source: true,
-        })
-    }
-
-    /// A server end over an in-memory duplex: HELO, PING, verdict; returns the server's view.
-    async fn serve(
-        mut io: tokio::io::DuplexStream,
-        policy: Arc<ServerAuth>,
-    ) -> Result<String, String> {
-        let mut hs = ServerHandshake::start(policy, "127.0.0.1".parse().unwrap())
-            .map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        hs.helo(&mut out);
-        io.write_all(&out).await.unwrap();
-        let mut buf = BytesMut::new();
-        loop {
-            match hs.receive(&mut buf) {
-                Ok(Some(a)) => {
-                    io.write_all(&a.pong).await.unwrap();
-                    return Ok(a.client_hostname);
-                }
-                Ok(None) => {}
-                Err(f) => {
-                    if let Some(p) = f.pong() {
-                        io.write_all(&p).await.unwrap();
-                    }
-                    return Err(f.code().into());
-                }
-            }
-            if io.read_buf(&mut buf).await.unwrap() == 0 {
-                return Err("eof".into());
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn handshake_over_a_stream() {
-        let (mut c, s) = tokio::io::duplex(4096);
-        let server = tokio::spawn(serve(s, policy(&[("u", "p")])));
-        let auth = ClientAuth {
-            username: "u".into(),
-            password: "p".into(),
-            ..ClientAuth::new("secret", "forwarder-0")
-        };
-        let est = handshake(&mut c, &auth).await.unwrap();
-        assert_eq!(est.server_hostname, "aggregator-0");
-        assert!(est.keepalive);
-        assert_eq!(server.await.unwrap(), Ok("forwarder-0".into()));
-
-        let (mut c, s) = tokio::io::duplex(4096);
-        let server = tokio::spawn(serve(s, policy(&[])));
-        let err = handshake(&mut c, &ClientAuth::new("wrong", "f"))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, HandshakeError::Rejected { reason } if reason == "shared_key mismatch"),
-            "{err}"
-        );
-        assert_eq!(server.await.unwrap(), Err("shared_key_mismatch".into()));
-    }
 
     #[tokio::test]
     async fn client_errors_are_specific() {

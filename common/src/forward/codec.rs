@@ -40,8 +40,9 @@ use bytes::{Bytes, BytesMut};
 use super::ack;
 use super::encode::encode_entry;
 use super::entries::{self, RawTime, ENTRY_MAX_DEPTH};
-use super::event_time::EventTime;
+use super::error::DecodeError;
 use super::handshake::{self, Message};
+use crate::event_time::EventTime;
 use crate::msgpack::{self, Kind, MsgpackError, Scan, Scanner, Token, DEFAULT_MAX_DEPTH};
 
 /// Nesting allowed in a whole request: the request array, the Forward entries array and the
@@ -81,73 +82,6 @@ impl Default for Limits {
             max_request_bytes: Self::DEFAULT_MAX_REQUEST_BYTES,
             max_decompressed_bytes: Self::DEFAULT_MAX_DECOMPRESSED_BYTES,
             max_tag_bytes: Self::DEFAULT_MAX_TAG_BYTES,
-        }
-    }
-}
-
-/// Why a request could not be decoded. Every variant means "close the connection": either the
-/// stream can no longer be framed or the peer broke the protocol or a limit.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DecodeError {
-    /// The request is (or is declared to be) larger than `limit` bytes.
-    #[error("request larger than {limit} bytes")]
-    RequestTooLarge {
-        /// The limit that was exceeded.
-        limit: usize,
-    },
-    /// A compressed payload inflates to more than `limit` bytes (a gzip bomb, or a limit set
-    /// too low). Decompression stopped at the limit.
-    #[error("compressed payload inflates to more than {limit} bytes")]
-    DecompressedTooLarge {
-        /// The limit that was exceeded.
-        limit: usize,
-    },
-    /// Valid msgpack, but not a Forward request: wrong arity, non-string tag, wrong element
-    /// types, options that are not a map...
-    #[error("malformed request: {0}")]
-    Malformed(&'static str),
-    /// Not valid msgpack (or nested too deeply).
-    #[error("invalid msgpack: {0}")]
-    Msgpack(#[from] MsgpackError),
-    /// The tag is not valid UTF-8.
-    #[error("tag is not valid UTF-8")]
-    InvalidUtf8Tag,
-    /// The tag of an event request is longer than `limit` bytes ([`Limits::max_tag_bytes`]).
-    #[error("tag longer than {limit} bytes")]
-    TagTooLong {
-        /// The limit that was exceeded.
-        limit: usize,
-    },
-    /// The gzip payload is corrupt or truncated.
-    #[error("invalid gzip payload: {0}")]
-    Gzip(#[source] std::io::Error),
-    /// The stream ended inside a request (only produced by `tokio_util::codec::Decoder::decode_eof`):
-    /// the peer went away mid-request; nothing of it was accepted.
-    #[error("stream ended inside a request ({buffered} bytes buffered)")]
-    UnexpectedEof {
-        /// Bytes of the unfinished request.
-        buffered: usize,
-    },
-    /// Reading the connection failed (only produced through `tokio_util::codec`).
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl DecodeError {
-    /// A short, stable label for metrics (`logferry_forward_decode_errors_total`).
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::RequestTooLarge { .. } => "request_too_large",
-            Self::DecompressedTooLarge { .. } => "decompressed_too_large",
-            Self::Malformed(_) => "malformed",
-            Self::Msgpack(MsgpackError::TooDeep { .. }) => "too_deep",
-            Self::Msgpack(_) => "invalid_msgpack",
-            Self::InvalidUtf8Tag => "invalid_utf8_tag",
-            Self::TagTooLong { .. } => "tag_too_long",
-            Self::Gzip(_) => "gzip",
-            Self::UnexpectedEof { .. } => "unexpected_eof",
-            Self::Io(_) => "io",
         }
     }
 }
@@ -235,6 +169,33 @@ impl Decoder {
     /// # Errors
     /// See [`DecodeError`]; all are fatal for the connection. The bytes of a request that
     /// failed to parse have been consumed; on a limit or framing error they have not.
+    ///
+    /// # Example
+    /// A Message-mode request arriving in two pieces, then a heartbeat:
+    /// ```
+    /// use bytes::BytesMut;
+    /// use logferry_common::forward::{Decoder, Entries, EventTime, Request};
+    ///
+    /// // ["app", EventTime(1, 2), {"log": "hi"}, {"chunk": "c1"}], then nil.
+    /// let wire: &[u8] = b"\x94\xa3app\xd7\x00\x00\x00\x00\x01\x00\x00\x00\x02\
+    ///                     \x81\xa3log\xa2hi\x81\xa5chunk\xa2c1\xc0";
+    /// let mut decoder = Decoder::default();
+    /// let mut buf = BytesMut::from(&wire[..10]);
+    /// assert_eq!(decoder.decode(&mut buf)?, None); // incomplete: nothing consumed
+    /// buf.extend_from_slice(&wire[10..]);
+    ///
+    /// let Some(Request::Events(batch)) = decoder.decode(&mut buf)? else { panic!() };
+    /// assert_eq!(batch.tag, "app");
+    /// assert_eq!(batch.records, 1);
+    /// let entry = Entries::new(&batch.entries).next().unwrap()?;
+    /// assert_eq!(entry.time, EventTime::new(1, 2));
+    /// assert_eq!(entry.record, b"\x81\xa3log\xa2hi");
+    /// assert_eq!(batch.ack().unwrap(), b"\x81\xa3ack\xa2c1");
+    ///
+    /// assert_eq!(decoder.decode(&mut buf)?, Some(Request::Heartbeat));
+    /// assert!(buf.is_empty());
+    /// # Ok::<(), logferry_common::forward::DecodeError>(())
+    /// ```
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, DecodeError> {
         self.decode_next(buf)
     }

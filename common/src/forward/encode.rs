@@ -14,7 +14,7 @@
 
 use std::io::Write;
 
-use super::event_time::EventTime;
+use crate::event_time::EventTime;
 use crate::msgpack;
 
 /// Appends one canonical entry `[time (fixext8), record]`. `record` must be one raw msgpack map

@@ -18,8 +18,8 @@
 //!
 //! [`EventBatch::entries`]: super::EventBatch::entries
 
-use super::codec::DecodeError;
-use super::event_time::EventTime;
+use super::error::DecodeError;
+use crate::event_time::EventTime;
 use crate::msgpack::{self, Token, DEFAULT_MAX_DEPTH};
 
 /// Nesting allowed for a whole entry: the entry array itself plus a record of

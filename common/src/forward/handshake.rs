@@ -24,8 +24,11 @@
 use bytes::Bytes;
 use sha2::{Digest, Sha512};
 
-use super::codec::DecodeError;
+use super::error::DecodeError;
 use crate::msgpack::{self, Token, DEFAULT_MAX_DEPTH};
+
+/// Largest handshake message accepted, in bytes (a real PING is about 250 bytes).
+pub const MAX_HANDSHAKE_BYTES: usize = 4096;
 
 /// The server's greeting.
 #[derive(Debug, Clone, PartialEq, Eq)]

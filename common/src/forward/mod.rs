@@ -8,9 +8,9 @@
 //!
 //! | module | holds |
 //! | --- | --- |
+//! | [`error`] | [`DecodeError`], shared by every decoder here |
 //! | [`codec`] | the streaming [`Decoder`] (all carrier modes, limits, canonicalisation) |
 //! | [`entries`] | [`Entries`]: zero-allocation iteration over canonical entries |
-//! | [`event_time`] | [`EventTime`] (ext type 0) and its RFC 3339 rendering |
 //! | [`encode`] | what our senders write: entries, (Compressed)PackedForward, gzip |
 //! | [`ack`] | `{"ack": chunk}` both ways |
 //! | [`handshake`] | HELO / PING / PONG and their SHA-512 digests |
@@ -57,12 +57,15 @@ pub mod client_session;
 pub mod codec;
 pub mod encode;
 pub mod entries;
-pub mod event_time;
+pub mod error;
 pub mod handshake;
 pub mod session;
 
 pub use ack::{decode_ack, encode_ack};
-pub use codec::{DecodeError, Decoder, EventBatch, Frame, Limits, Request};
+pub use codec::{Decoder, EventBatch, Frame, Limits, Request};
 pub use encode::{encode_compressed_packed_forward, encode_entry, encode_packed_forward, gzip};
 pub use entries::{Entries, Entry};
-pub use event_time::EventTime;
+pub use error::DecodeError;
+// `EventTime` lives in `crate::event_time` (msgpack renders it too); re-exported here
+// because every Forward entry carries one.
+pub use crate::event_time::EventTime;

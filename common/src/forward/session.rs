@@ -35,11 +35,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 pub use ipnet::IpNet;
 
-use super::codec::{DecodeError, Decoder, Limits, Request};
+use super::codec::{Decoder, Limits, Request};
+use super::error::DecodeError;
+pub use super::handshake::MAX_HANDSHAKE_BYTES;
 use super::handshake::{self, Helo, Message, Ping, Pong};
-
-/// Largest handshake message accepted, in bytes (a real PING is about 250 bytes).
-pub const MAX_HANDSHAKE_BYTES: usize = 4096;
 
 /// Who may connect from where.
 #[derive(Clone, PartialEq, Eq)]
@@ -754,5 +753,85 @@ mod tests {
             assert!(!text.contains(secret), "{text}");
         }
         assert!(text.contains("alice"), "{text}");
+    }
+
+    /// The async client helper against this server, over an in-memory stream.
+    mod over_a_stream {
+        use std::sync::Arc;
+
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        use super::*;
+        use crate::forward::client_session::handshake;
+
+        fn policy(users: &[(&str, &str)]) -> Arc<ServerAuth> {
+            Arc::new(ServerAuth {
+                hostname: "aggregator-0".into(),
+                shared_key: Some("secret".into()),
+                users: users
+                    .iter()
+                    .map(|(u, p)| (u.to_string(), p.to_string()))
+                    .collect::<HashMap<_, _>>(),
+                clients: Vec::new(),
+                allow_anonymous_source: true,
+            })
+        }
+
+        /// A server end over an in-memory duplex: HELO, PING, verdict; returns the server's view.
+        async fn serve(
+            mut io: tokio::io::DuplexStream,
+            policy: Arc<ServerAuth>,
+        ) -> Result<String, String> {
+            let mut hs = ServerHandshake::start(policy, "127.0.0.1".parse().unwrap())
+                .map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            hs.helo(&mut out);
+            io.write_all(&out).await.unwrap();
+            let mut buf = BytesMut::new();
+            loop {
+                match hs.receive(&mut buf) {
+                    Ok(Some(a)) => {
+                        io.write_all(&a.pong).await.unwrap();
+                        return Ok(a.client_hostname);
+                    }
+                    Ok(None) => {}
+                    Err(f) => {
+                        if let Some(p) = f.pong() {
+                            io.write_all(&p).await.unwrap();
+                        }
+                        return Err(f.code().into());
+                    }
+                }
+                if io.read_buf(&mut buf).await.unwrap() == 0 {
+                    return Err("eof".into());
+                }
+            }
+        }
+
+        #[tokio::test]
+        async fn handshake_over_a_stream() {
+            let (mut c, s) = tokio::io::duplex(4096);
+            let server = tokio::spawn(serve(s, policy(&[("u", "p")])));
+            let auth = ClientAuth {
+                username: "u".into(),
+                password: "p".into(),
+                ..ClientAuth::new("secret", "forwarder-0")
+            };
+            let est = handshake(&mut c, &auth).await.unwrap();
+            assert_eq!(est.server_hostname, "aggregator-0");
+            assert!(est.keepalive);
+            assert_eq!(server.await.unwrap(), Ok("forwarder-0".into()));
+
+            let (mut c, s) = tokio::io::duplex(4096);
+            let server = tokio::spawn(serve(s, policy(&[])));
+            let err = handshake(&mut c, &ClientAuth::new("wrong", "f"))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, HandshakeError::Rejected { reason } if reason == "shared_key mismatch"),
+                "{err}"
+            );
+            assert_eq!(server.await.unwrap(), Err("shared_key_mismatch".into()));
+        }
     }
 }

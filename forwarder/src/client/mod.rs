@@ -345,7 +345,7 @@ async fn load(shared: Arc<Shared>, mut sealed: SealedReceiver) {
                 }
             };
             let chunk_raw = payload.slice_ref(frame.chunk_raw);
-            let request = match wire_request(&payload, &frame, shared.opts.gzip) {
+            let request = match wire_request(&frame, shared.opts.gzip) {
                 Some(gz) => Bytes::from(gz),
                 None => payload.clone(),
             };
