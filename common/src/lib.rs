@@ -18,6 +18,7 @@
 pub mod backoff;
 pub mod chunk;
 pub mod config;
+pub mod daemon;
 pub mod forward;
 pub mod kv;
 pub mod msgpack;
