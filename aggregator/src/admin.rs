@@ -17,7 +17,6 @@
 //! `logferry-aggregator dead-letter replay` calls when an aggregator holds the buffer.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +25,9 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use logferry_common::chunk::Buffer;
+use logferry_common::daemon::{Lifecycle, ReloadHandle};
 use logferry_common::telemetry;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::outputs::dead_letter::{ReplayError, Replayer};
@@ -40,31 +39,20 @@ pub type Replayers = BTreeMap<String, Arc<Replayer>>;
 /// Default `timeout` of `POST /dead-letter/replay` (the CLI's default too).
 pub const DEFAULT_REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Lifecycle phase, for `/readyz`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    /// Recovering buffers, binding listeners.
-    Starting = 0,
-    /// Accepting and storing.
-    Ready = 1,
-    /// Shutting down.
-    Draining = 2,
-}
-
 /// What `/readyz` looks at.
 #[derive(Debug)]
 pub struct Status {
-    phase: AtomicU8,
+    /// The daemon's phase.
+    pub lifecycle: Lifecycle,
     buffers: Vec<Buffer>,
     outputs: Vec<Arc<OutputHealth>>,
 }
 
 impl Status {
-    /// A status in [`Phase::Starting`].
+    /// A status in [`Phase::Starting`](logferry_common::daemon::Phase::Starting).
     pub fn new(buffers: Vec<Buffer>) -> Status {
         Status {
-            phase: AtomicU8::new(Phase::Starting as u8),
+            lifecycle: Lifecycle::new(),
             buffers,
             outputs: Vec::new(),
         }
@@ -76,18 +64,9 @@ impl Status {
         self
     }
 
-    /// Moves to another phase.
-    pub fn set(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::SeqCst);
-    }
-
     /// `Ok` when ready, otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
-        match self.phase.load(Ordering::SeqCst) {
-            0 => return Err("starting".into()),
-            2 => return Err("draining for shutdown".into()),
-            _ => {}
-        }
+        self.lifecycle.readiness()?;
         for buffer in &self.buffers {
             if buffer.is_full() {
                 return Err(format!(
@@ -103,13 +82,10 @@ impl Status {
     }
 }
 
-/// A reload request: the reply says what happened.
-pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
-
 #[derive(Debug, Clone)]
 struct AdminState {
     status: Arc<Status>,
-    reload: mpsc::Sender<ReloadRequest>,
+    reload: ReloadHandle,
     replayers: Arc<Replayers>,
 }
 
@@ -117,7 +93,7 @@ struct AdminState {
 pub async fn serve(
     listener: TcpListener,
     status: Arc<Status>,
-    reload: mpsc::Sender<ReloadRequest>,
+    reload: ReloadHandle,
     replayers: Arc<Replayers>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -163,17 +139,10 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn reload_config(State(state): State<AdminState>) -> impl IntoResponse {
-    let (tx, rx) = oneshot::channel();
-    if state.reload.send(tx).await.is_err() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down\n".to_owned(),
-        );
-    }
-    match rx.await {
-        Ok(Ok(message)) => (StatusCode::OK, format!("{message}\n")),
-        Ok(Err(message)) => (StatusCode::BAD_REQUEST, format!("{message}\n")),
-        Err(_) => (
+    match state.reload.request().await {
+        Some(Ok(message)) => (StatusCode::OK, format!("{message}\n")),
+        Some(Err(message)) => (StatusCode::BAD_REQUEST, format!("{message}\n")),
+        None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down\n".to_owned(),
         ),

@@ -29,14 +29,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use logferry_common::chunk::{Buffer, BufferOptions, ChunkError, FsyncPolicy};
+use logferry_common::daemon::{self, Phase, Signals};
 use logferry_common::telemetry;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::admin::{self, Phase, ReloadRequest, Status};
-use crate::config::{parse_addr, Config, ConfigErrors};
+use crate::admin::{self, Status};
+use crate::config::{parse_addr, Config};
 use crate::dedupe::AckedChunks;
 use crate::ingest::{MemoryBudget, Pipeline};
 use crate::outputs::dead_letter::Replayer;
@@ -48,9 +47,6 @@ use crate::server::ListenerSet;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// The configuration is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigErrors),
     /// An output's buffer could not be opened or recovered.
     #[error("buffer of output {name}: {source}")]
     Buffer {
@@ -100,9 +96,9 @@ pub fn output_buffer_dir(config: &Config, output: &str) -> PathBuf {
     config.buffer.path.join("outputs").join(output)
 }
 
-/// Runs the aggregator until SIGTERM/SIGINT, then shuts down gracefully.
+/// Runs the aggregator until SIGTERM/SIGINT, then shuts down gracefully. `config` has passed
+/// [`Config::validate`] (the command line checks it, and exits 78 if it does not).
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
-    config.validate()?;
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -199,7 +195,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         .collect();
 
     let status = Arc::new(Status::new(buffers.clone()).with_outputs(healths));
-    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let (reload_handle, reload_requests) = daemon::reload_channel();
     let admin_stop = CancellationToken::new();
     let admin_addr = parse_addr(&config.admin.listen)
         .map_err(|_| bind_err("admin", &config.admin.listen, None))?;
@@ -210,7 +206,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         Arc::clone(&status),
-        reload_tx,
+        reload_handle,
         Arc::new(replayers),
         admin_stop.clone(),
     ));
@@ -240,35 +236,24 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         })
     };
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
-    status.set(Phase::Ready);
+    let signals = Signals::install().map_err(StartError::Signals)?;
+    status.lifecycle.set(Phase::Ready);
     let running = config;
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = sighup.recv() => {
-                match reload(&running, config_path.as_deref(), &names, &pipeline, &listeners) {
-                    Ok(msg) => tracing::info!("{msg}"),
-                    Err(msg) => tracing::error!("reload rejected: {msg}"),
-                }
-            }
-            Some(reply) = reload_rx.recv() => {
-                let result = reload(&running, config_path.as_deref(), &names, &pipeline, &listeners);
-                match &result {
-                    Ok(msg) => tracing::info!("{msg}"),
-                    Err(msg) => tracing::error!("reload rejected: {msg}"),
-                }
-                let _ = reply.send(result);
-            }
-        }
-    }
+    signals
+        .serve_until_shutdown(reload_requests, || {
+            reload(
+                &running,
+                config_path.as_deref(),
+                &names,
+                &pipeline,
+                &listeners,
+            )
+        })
+        .await;
 
     let deadline = tokio::time::Instant::now() + running.shutdown_timeout;
     tracing::info!(timeout = ?running.shutdown_timeout, "shutting down: draining connections and outputs");
-    status.set(Phase::Draining);
+    status.lifecycle.set(Phase::Draining);
     replay_stop.cancel();
     stop_accepting.cancel();
     // Inputs waiting for memory to decode a request stop waiting: nothing new is taken.

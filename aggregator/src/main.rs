@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use logferry_aggregator::app::{output_buffer_dir, StartError};
+use logferry_aggregator::app::output_buffer_dir;
 use logferry_aggregator::config::{Config, OutputConfig};
 use logferry_aggregator::outputs::{dead_letter, Output};
 use logferry_common::chunk::inspect_dir;
@@ -153,6 +153,15 @@ fn run(args: RunArgs) -> ExitCode {
             Config::embedded_default()
         }
     };
+    // A config that parses but is invalid exits like `validate` does.
+    if let Err(e) = config.validate() {
+        let path = args
+            .config
+            .as_deref()
+            .unwrap_or(std::path::Path::new("(embedded)"));
+        eprintln!("error: {}: {e}", path.display());
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -160,15 +169,6 @@ fn run(args: RunArgs) -> ExitCode {
         .map(|rt| rt.block_on(logferry_aggregator::app::run(config, args.config.clone())));
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
-        // A config that parses but is invalid exits like `validate` does.
-        Ok(Err(StartError::Config(e))) => {
-            let path = args
-                .config
-                .as_deref()
-                .unwrap_or(std::path::Path::new("(embedded)"));
-            eprintln!("error: {}: {e}", path.display());
-            ExitCode::from(EXIT_CONFIG)
-        }
         Ok(Err(e)) => failed(&anyhow::Error::from(e)),
         Err(e) => failed(&e),
     }

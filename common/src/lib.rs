@@ -13,6 +13,7 @@
 //!   contract, and `tracing` set-up.
 //! - [`kv`]: opening the small sled stores kept beside the buffers, with repair.
 //! - [`tls`]: rustls server and client configs from PEM files, with certificate reload.
+//! - [`daemon`]: what both binaries do around their pipeline: lifecycle phase, signals, reloads.
 //!
 //! ## Delivery contract
 //! At-least-once, end to end: a record acknowledged to a sender is fsync'd on the receiver
@@ -23,6 +24,7 @@
 pub mod backoff;
 pub mod chunk;
 pub mod config;
+pub mod daemon;
 pub mod event_time;
 pub mod forward;
 pub mod kv;

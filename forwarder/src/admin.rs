@@ -10,15 +10,14 @@
 //! draining for shutdown, or while the buffer is at `total_limit_size` (files are not being
 //! read then).
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use logferry_common::chunk::Buffer;
+use logferry_common::daemon::{Lifecycle, ReloadHandle};
 use logferry_common::telemetry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Largest request head accepted.
@@ -26,61 +25,41 @@ const MAX_HEAD: usize = 8 * 1024;
 /// Time allowed per admin connection.
 const CONN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Lifecycle phase, for `/readyz`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    /// Opening the buffer, starting the tailer.
-    Starting = 0,
-    /// Tailing and sending.
-    Ready = 1,
-    /// Shutting down.
-    Draining = 2,
-}
-
 /// What `/readyz` looks at.
 #[derive(Debug)]
 pub struct Status {
-    phase: AtomicU8,
+    /// The daemon's phase.
+    pub lifecycle: Lifecycle,
     buffer: Buffer,
 }
 
 impl Status {
-    /// A status in [`Phase::Starting`].
+    /// A status in [`Phase::Starting`](logferry_common::daemon::Phase::Starting).
     pub fn new(buffer: Buffer) -> Status {
         Status {
-            phase: AtomicU8::new(Phase::Starting as u8),
+            lifecycle: Lifecycle::new(),
             buffer,
         }
     }
 
-    /// Moves to another phase.
-    pub fn set(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::SeqCst);
-    }
-
     /// `Ok` when ready, otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
-        match self.phase.load(Ordering::SeqCst) {
-            0 => Err("starting".into()),
-            2 => Err("draining for shutdown".into()),
-            _ if self.buffer.is_full() => Err(format!(
+        self.lifecycle.readiness()?;
+        if self.buffer.is_full() {
+            return Err(format!(
                 "buffer {} is at its total_limit_size (files are not being read)",
                 self.buffer.name()
-            )),
-            _ => Ok(()),
+            ));
         }
+        Ok(())
     }
 }
-
-/// A reload request: the reply says what happened.
-pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 
 /// Serves until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     status: Arc<Status>,
-    reload: mpsc::Sender<ReloadRequest>,
+    reload: ReloadHandle,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -108,7 +87,7 @@ pub async fn serve(
 async fn handle(
     mut stream: TcpStream,
     status: &Status,
-    reload: &mpsc::Sender<ReloadRequest>,
+    reload: &ReloadHandle,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let (method, path) = loop {
@@ -157,17 +136,11 @@ async fn handle(
                 .await
             }
         },
-        ("POST", "/reload") => {
-            let (tx, rx) = oneshot::channel();
-            if reload.send(tx).await.is_err() {
-                return respond(&mut stream, 503, "text/plain", "shutting down\n").await;
-            }
-            match rx.await {
-                Ok(Ok(msg)) => respond(&mut stream, 200, "text/plain", &format!("{msg}\n")).await,
-                Ok(Err(msg)) => respond(&mut stream, 400, "text/plain", &format!("{msg}\n")).await,
-                Err(_) => respond(&mut stream, 503, "text/plain", "shutting down\n").await,
-            }
-        }
+        ("POST", "/reload") => match reload.request().await {
+            Some(Ok(msg)) => respond(&mut stream, 200, "text/plain", &format!("{msg}\n")).await,
+            Some(Err(msg)) => respond(&mut stream, 400, "text/plain", &format!("{msg}\n")).await,
+            None => respond(&mut stream, 503, "text/plain", "shutting down\n").await,
+        },
         (_, "/metrics" | "/healthz" | "/readyz" | "/reload") => {
             respond(&mut stream, 405, "text/plain", "method not allowed\n").await
         }

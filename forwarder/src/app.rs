@@ -33,11 +33,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use logferry_common::chunk::{Buffer, BufferOptions, ChunkError, OverflowAction};
-use tokio::signal::unix::{signal, SignalKind};
+use logferry_common::daemon::{self, Phase, Signals};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, Phase, ReloadRequest, Status};
+use crate::admin::{self, Status};
 use crate::batch::RecordOptions;
 use crate::client::{Client, ClientOptions, Shared};
 use crate::config::{parse_addr, Config, ConfigErrors};
@@ -117,9 +117,9 @@ pub fn buffer_options(config: &Config) -> BufferOptions {
     o
 }
 
-/// Runs the forwarder until SIGTERM/SIGINT, then shuts down gracefully.
+/// Runs the forwarder until SIGTERM/SIGINT, then shuts down gracefully. `config` has passed
+/// [`Config::validate`] (the command line checks it, and exits 78 if it does not).
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
-    config.validate()?;
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -182,7 +182,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     let tailer_thread = tailer.spawn().map_err(StartError::Thread)?;
 
     let status = Arc::new(Status::new(buffer.clone()));
-    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let (reload_handle, reload_requests) = daemon::reload_channel();
     let admin_stop = CancellationToken::new();
     let admin_addr = parse_addr(&config.admin.listen).map_err(|e| StartError::Bind {
         addr: config.admin.listen.clone(),
@@ -200,40 +200,23 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     let admin_task = tokio::spawn(admin::serve(
         listener,
         Arc::clone(&status),
-        reload_tx,
+        reload_handle,
         admin_stop.clone(),
     ));
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
-    status.set(Phase::Ready);
+    let signals = Signals::install().map_err(StartError::Signals)?;
+    status.lifecycle.set(Phase::Ready);
     tracing::info!(paths = ?config.input.paths, servers = ?config.output.servers, "forwarder running");
     let mut running = config;
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = sighup.recv() => {
-                match reload(&mut running, config_path.as_deref(), &shared) {
-                    Ok(msg) => tracing::info!("{msg}"),
-                    Err(msg) => tracing::error!("reload rejected: {msg}"),
-                }
-            }
-            Some(reply) = reload_rx.recv() => {
-                let result = reload(&mut running, config_path.as_deref(), &shared);
-                match &result {
-                    Ok(msg) => tracing::info!("{msg}"),
-                    Err(msg) => tracing::error!("reload rejected: {msg}"),
-                }
-                let _ = reply.send(result);
-            }
-        }
-    }
+    signals
+        .serve_until_shutdown(reload_requests, || {
+            reload(&mut running, config_path.as_deref(), &shared)
+        })
+        .await;
 
     let deadline = tokio::time::Instant::now() + running.shutdown_timeout;
     tracing::info!(timeout = ?running.shutdown_timeout, "shutting down: sending what is buffered");
-    status.set(Phase::Draining);
+    status.lifecycle.set(Phase::Draining);
     tailer_handle.stop();
     // The tailer finishes its current file and appends what it batched; if the buffer is full
     // that append waits for room, which only the client can make, so give it a bounded time.

@@ -555,7 +555,7 @@ impl Config {
             err("output.servers", "at least one server is required".into());
         }
         for (n, s) in o.servers.iter().enumerate() {
-            if let Err(e) = crate::client::endpoints::split_host_port(s) {
+            if let Err(e) = crate::net::split_host_port(s) {
                 err(&format!("output.servers[{n}]"), e);
             }
         }

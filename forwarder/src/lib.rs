@@ -19,6 +19,7 @@
 //! - [`kubernetes`]: metadata from file names and the API server.
 //! - [`json_merge`]: `merge_log`, JSON messages transcoded straight to msgpack.
 //! - [`batch`]: records and frames.
+//! - [`net`]: `host:port` server entries.
 //! - [`client`]: the Forward client (connections, endpoints, failover).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/reload`.
 //! - [`app`]: start, reload and graceful shutdown.
@@ -32,5 +33,6 @@ pub mod discover;
 pub mod json_merge;
 pub mod kubernetes;
 pub mod metrics;
+pub mod net;
 pub mod parse;
 pub mod tail;

@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::fingerprint::Fingerprint;
@@ -262,6 +263,12 @@ impl Store {
             }
         }
     }
+}
+
+/// Locks the store shared by the tailer and the committer; a lock poisoned by a panic
+/// elsewhere is taken over rather than passed on.
+pub fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -17,12 +17,16 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::checkpoint::Store;
+use super::checkpoint::{lock, Store};
 use super::fingerprint::Fingerprint;
-use super::{Commit, FLUSH_INTERVAL};
+use super::Commit;
+
+/// How often checkpoints are written to sled.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs until the channel closes (the tailer ended), then writes the checkpoints to disk.
 pub async fn run(mut rx: mpsc::Receiver<Commit>, store: Arc<Mutex<Store>>) {
@@ -103,8 +107,4 @@ async fn flush(store: &Arc<Mutex<Store>>) {
     let store = Arc::clone(store);
     // sled's flush fsyncs: keep it off the runtime thread.
     let _ = tokio::task::spawn_blocking(move || lock(&store).flush(true)).await;
-}
-
-fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
-    store.lock().unwrap_or_else(|e| e.into_inner())
 }
