@@ -17,8 +17,8 @@
 //! - [`health`]: whether an output is failing, for `/readyz` and the metrics.
 //! - [`dead_letter`]: the dead-letter files and `dead-letter replay`.
 //! - [`record`], [`template`]: records as the sinks see them; index and topic templates.
-//! - One module per sink: [`file`], [`null`], `elasticsearch`, `kafka`, `stackdriver` (the
-//!   last three behind the cargo features of the same names).
+//! - One module per sink: [`file`](mod@file), [`null`], `elasticsearch`, `kafka`,
+//!   `stackdriver` (the last three behind the cargo features of the same names).
 //!
 //! ## A new output type
 //! A config file in `config/` (its keys and their validation, an `OutputConfig` arm), a sink

@@ -16,7 +16,7 @@
 //! The worker owns the retry loop, dead letters, metrics and health; a sink only encodes,
 //! batches and classifies (see [`Outcome`]). Only the records that still need it are sent
 //! again, so a bulk request with one 429 item re-sends one document, not the chunk.
-//! [`deliver_records`] is shared with `dead-letter replay`, which re-sends dead letters the
+//! `deliver_records` is shared with `dead-letter replay`, which re-sends dead letters the
 //! same way.
 //!
 //! ## Invariants
