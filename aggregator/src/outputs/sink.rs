@@ -22,15 +22,16 @@
 //! - A chunk is released only after each of its records was `Delivered`, or `Reject`ed (or
 //!   timed out) and is durable in the dead-letter directory. A sink therefore says `Delivered`
 //!   only once the record cannot be lost by deleting the chunk.
-//! - The framework owns retries, backoff, dead letters, metrics and health; a sink never
-//!   retries on its own (no client-side retry policy), sleeps, or writes dead letters.
+//! - The framework owns retries with backoff, dead letters, metrics and health: a sink reports
+//!   each failure in its outcome instead of retrying it under a policy of its own (librdkafka's
+//!   resends within `delivery_timeout` aside), and never writes dead letters.
 //! - Delivery is at-least-once, so a sink must take the same record again: after a `Retry`
 //!   whose request did reach the sink, after a crash between delivery and the chunk's release,
 //!   and on `dead-letter replay`. A sink makes the repeat harmless where the sink allows it,
 //!   with a deterministic id per record (`record::stable_id`: the Elasticsearch `_id`, the
 //!   Cloud Logging `insertId`), and otherwise documents that a repeat shows downstream (a file
 //!   line, a Kafka message; Kafka's idempotent producer only covers librdkafka's own retries).
-//!   Only the records that still need it are sent again, never the records `Delivered` before.
+//!   Within one delivery, only the records that still need it are sent again.
 //! - One sink instance serves every concurrent delivery of its output (`concurrency` chunks at
 //!   once) and the admin replays: `send` takes `&self` and its future is `Send`.
 //!
@@ -38,7 +39,8 @@
 //! [`Sink::check`] contacts the sink once for `validate --check-outputs` and returns what it
 //! found (cluster name, writable directory). Building an output never contacts the sink: an
 //! unreachable sink must not stop the aggregator from buffering. [`Sink::close`] runs once
-//! when the worker stops, after the last `send`.
+//! the worker (or a stand-alone `dead-letter replay`) is done with the output, after the last
+//! `send`.
 
 use std::future::Future;
 
