@@ -22,7 +22,8 @@
 //!                              Unix time in nanoseconds at writing (unique per directory)
 //! frame payload (msgpack map):
 //!   { "v": 1,
-//!     "kind": "rejected" | "too_large" | "retry_timeout" | ...   (the metric's reason label)
+//!     "kind": "rejected" | "too_large" | "retry_timeout" | ...   (a FailureKind label, the
+//!                                                               metric's reason label)
 //!     "reason": "<what the sink said, e.g. ES error type: reason>",
 //!     "at": <unix seconds>,
 //!     "chunk_seq": <u64>, "chunk_created_ns": <u64>,   the original chunk's identity
@@ -63,9 +64,11 @@ use logferry_common::msgpack::{self, Token, DEFAULT_MAX_DEPTH};
 use logferry_common::payload;
 use logferry_common::telemetry;
 
-use super::DeadItem;
-#[cfg(test)]
-use super::Failure;
+use super::failure::{Failure, FailureKind, OutputError};
+use super::health::OutputHealth;
+use crate::record::{Origin, Rec, Records};
+use super::sink::Output;
+use super::worker::{deliver_records, Ctx};
 use crate::config::{DeadLetterConfig, DeadLetterWhenFull};
 use crate::record::{Origin, Records};
 
@@ -73,6 +76,15 @@ use crate::record::{Origin, Records};
 const VERSION: u64 = 1;
 /// Longest reason kept (a sink's message can be long; the first bytes say what matters).
 const MAX_REASON_BYTES: usize = 4096;
+
+/// A record bound for dead letters.
+#[derive(Debug, Clone)]
+pub struct DeadItem {
+    /// The record.
+    pub rec: Rec,
+    /// Why.
+    pub failure: Failure,
+}
 
 /// Why dead letters could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -175,11 +187,11 @@ impl DeadLetters {
         self.write_file(&frames)?;
         for item in items {
             telemetry::DEAD_LETTER_RECORDS
-                .with_label_values(&[&self.output, item.failure.kind])
+                .with_label_values(&[&self.output, item.failure.kind.as_str()])
                 .inc();
         }
         tracing::warn!(
-            output = %self.output, records = items.len(), kind = items[0].failure.kind,
+            output = %self.output, records = items.len(), kind = items[0].failure.kind.as_str(),
             reason = %items[0].failure.reason, dir = %self.dir.display(),
             "records written to dead letters"
         );
@@ -325,7 +337,7 @@ fn encode_frames(items: &[DeadItem]) -> Vec<(Vec<u8>, u32)> {
         msgpack::write_str(&mut env, "v");
         msgpack::write_uint(&mut env, VERSION);
         msgpack::write_str(&mut env, "kind");
-        msgpack::write_str(&mut env, first.failure.kind);
+        msgpack::write_str(&mut env, first.failure.kind.as_str());
         msgpack::write_str(&mut env, "reason");
         msgpack::write_str(&mut env, &reason);
         msgpack::write_str(&mut env, "at");
@@ -446,7 +458,7 @@ pub fn read_file(path: &Path) -> Result<DeadFile, DeadLetterError> {
                         reason: format!("frame {i}: {e}"),
                     })?;
                 groups.push(DeadGroup {
-                    kind: "retry_timeout".into(),
+                    kind: FailureKind::RetryTimeout.as_str().into(),
                     reason: "whole chunk moved to dead letters by an older version".into(),
                     at: 0,
                     origin: Origin {
@@ -554,7 +566,7 @@ pub enum ReplayError {
         /// The output.
         name: String,
         /// What failed.
-        source: super::OutputError,
+        source: OutputError,
     },
     /// Dead-letter files could not be listed, read or written.
     #[error(transparent)]
@@ -577,14 +589,13 @@ pub async fn replay(
     timeout: std::time::Duration,
     kind: Option<&str>,
 ) -> Result<ReplayReport, ReplayError> {
-    let output =
-        super::Output::build(name, config)
-            .await
-            .map_err(|source| ReplayError::Output {
-                name: name.to_owned(),
-                source,
-            })?;
-    let ctx = super::Ctx {
+    let output = Output::build(name, config)
+        .await
+        .map_err(|source| ReplayError::Output {
+            name: name.to_owned(),
+            source,
+        })?;
+    let ctx = Ctx {
         name: name.to_owned(),
         output: output.clone(),
         retry: config.retry().clone(),
@@ -593,7 +604,7 @@ pub async fn replay(
             name,
             config.dead_letter().clone(),
         )),
-        health: std::sync::Arc::new(super::OutputHealth::new(name, std::time::Duration::ZERO)),
+        health: std::sync::Arc::new(OutputHealth::new(name, std::time::Duration::ZERO)),
     };
     let never = tokio_util::sync::CancellationToken::new();
     let report = replay_with(&ctx, timeout, kind, &never).await;
@@ -605,7 +616,7 @@ pub async fn replay(
 /// output, dead letters and health (see the module docs).
 #[derive(Debug)]
 pub struct Replayer {
-    ctx: super::Ctx,
+    ctx: Ctx,
     /// One replay at a time.
     gate: tokio::sync::Mutex<()>,
     /// Cancelled when the aggregator starts shutting down.
@@ -616,14 +627,14 @@ impl Replayer {
     /// A replayer sharing `output`, `dead_letters` and `health` with the output's worker.
     pub fn new(
         name: &str,
-        output: super::Output,
+        output: Output,
         retry: crate::config::RetryConfig,
         dead_letters: std::sync::Arc<DeadLetters>,
-        health: std::sync::Arc<super::OutputHealth>,
+        health: std::sync::Arc<OutputHealth>,
         stop: tokio_util::sync::CancellationToken,
     ) -> Replayer {
         Replayer {
-            ctx: super::Ctx {
+            ctx: Ctx {
                 name: name.to_owned(),
                 output,
                 retry,
@@ -654,7 +665,7 @@ impl Replayer {
 
 /// Replays the files in `ctx.dead_letters`' directory through `ctx.output`, oldest first.
 async fn replay_with(
-    ctx: &super::Ctx,
+    ctx: &Ctx,
     timeout: std::time::Duration,
     kind: Option<&str>,
     stop: &tokio_util::sync::CancellationToken,
@@ -679,11 +690,14 @@ async fn replay_with(
         }
         let recs = file.to_records().recs;
         let total = recs.len() as u64;
-        let Some(dead) = super::deliver_records(ctx, recs, &retry, stop).await else {
+        let Some(dead) = deliver_records(ctx, recs, &retry, stop).await else {
             report.interrupted = true;
             break;
         };
-        if dead.iter().any(|d| d.failure.kind == "retry_timeout") {
+        if dead
+            .iter()
+            .any(|d| d.failure.kind == FailureKind::RetryTimeout)
+        {
             tracing::error!(file = %path.display(), "records still fail; the file stays");
             report.files_left += 1;
             report.still_failing += total;
@@ -720,7 +734,6 @@ async fn replay_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outputs::Rec;
     use logferry_common::forward::EventTime;
     use std::sync::Arc;
 
@@ -738,7 +751,7 @@ mod tests {
         }
     }
 
-    fn item(frame: u32, index: u32, kind: &'static str, reason: &str) -> DeadItem {
+    fn item(frame: u32, index: u32, kind: FailureKind, reason: &str) -> DeadItem {
         DeadItem {
             rec: rec(frame, index, serde_json::json!({"i": index})),
             failure: Failure::new(kind, reason),
@@ -750,10 +763,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dl = DeadLetters::new(dir.path().join("dl"), "es", DeadLetterConfig::default());
         let items = vec![
-            item(0, 3, "rejected", "mapping: x"),
-            item(0, 4, "rejected", "mapping: x"),
-            item(0, 6, "rejected", "mapping: x"),
-            item(1, 0, "too_large", "big"),
+            item(0, 3, FailureKind::Rejected, "mapping: x"),
+            item(0, 4, FailureKind::Rejected, "mapping: x"),
+            item(0, 6, FailureKind::Rejected, "mapping: x"),
+            item(1, 0, FailureKind::TooLarge, "big"),
         ];
         dl.write(&items).unwrap();
         let files = list_files(dl.dir()).unwrap();
@@ -794,7 +807,7 @@ mod tests {
         let dl = DeadLetters::new(dir.path().join("dl"), "es", config.clone());
         let big = |i| DeadItem {
             rec: rec(0, i, serde_json::json!({"x": "y".repeat(900)})),
-            failure: Failure::new("too_large", "big"),
+            failure: Failure::new(FailureKind::TooLarge, "big"),
         };
         dl.write(&[big(0)]).unwrap();
         assert!(matches!(
@@ -821,7 +834,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("outputs")).unwrap();
         let dl = DeadLetters::new(&dl_dir, "es", DeadLetterConfig::default());
         SYNCED_DIRS.with(|s| s.borrow_mut().clear());
-        dl.write(&[item(0, 0, "rejected", "r")]).unwrap();
+        dl.write(&[item(0, 0, FailureKind::Rejected, "r")]).unwrap();
         assert!(dl_dir.is_dir());
         // `outputs/es` and `dead-letter` were created by `create_dir_all_durable`, which syncs
         // their parents (tested in logferry-common); here, the directory holding the new file.
@@ -837,7 +850,7 @@ mod tests {
         std::fs::write(&blocked, b"x").unwrap();
         let dl = DeadLetters::new(&blocked, "es", DeadLetterConfig::default());
         assert!(matches!(
-            dl.write(&[item(0, 0, "rejected", "r")]),
+            dl.write(&[item(0, 0, FailureKind::Rejected, "r")]),
             Err(DeadLetterError::Io { .. })
         ));
     }

@@ -38,7 +38,9 @@ use elasticsearch::http::{Method, Url};
 use elasticsearch::Elasticsearch;
 use serde::Deserialize;
 
-use super::{Attempt, Failure, Outcome, OutputError, Rec};
+use crate::record::write_json_with;
+use crate::template::{finish_es_index, sanitize_es_index, Template};
+use super::{Attempt, Failure, FailureKind, Outcome, OutputError, Rec, Sink};
 use crate::config::{ElasticsearchOutputConfig, EsAction, HttpCompression};
 use crate::record::write_json_with;
 use crate::template::{finish_es_index, sanitize_es_index, Template};
@@ -67,7 +69,7 @@ pub struct EsOutput {
 impl EsOutput {
     /// Builds the client (no request is sent).
     pub fn new(name: &str, c: &ElasticsearchOutputConfig) -> Result<EsOutput, OutputError> {
-        let config_err = |m: String| OutputError::new("config", m);
+        let config_err = |m: String| OutputError::new(FailureKind::Config, m);
         let urls = c
             .endpoints
             .iter()
@@ -135,36 +137,6 @@ impl EsOutput {
         })
     }
 
-    /// `GET /`: the cluster's name and version.
-    pub async fn check(&self) -> Result<String, OutputError> {
-        let resp = self
-            .client
-            .send(
-                Method::Get,
-                "/",
-                HeaderMap::new(),
-                None::<&()>,
-                None::<&[u8]>,
-                Some(self.request_timeout),
-            )
-            .await
-            .map_err(transport_error)?;
-        let status = resp.status_code().as_u16();
-        let body = resp.text().await.unwrap_or_default();
-        if status != 200 {
-            return Err(OutputError::new(
-                "http",
-                format!("GET / answered {status}: {}", snippet(&body)),
-            ));
-        }
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        Ok(format!(
-            "cluster {} version {}",
-            v["cluster_name"].as_str().unwrap_or("?"),
-            v["version"]["number"].as_str().unwrap_or("?")
-        ))
-    }
-
     /// Installs the index template once (retried with the delivery until it works).
     async fn install_template(&self) -> Result<(), OutputError> {
         let Some((name, body, overwrite)) = &self.template else {
@@ -200,7 +172,7 @@ impl EsOutput {
             return Ok(());
         }
         Err(OutputError::new(
-            "template",
+            FailureKind::Template,
             format!("PUT {path} answered {status}: {}", snippet(&text)),
         ))
     }
@@ -221,7 +193,7 @@ impl EsOutput {
                 Some(f) => f.clone(),
                 None => {
                     return Err(Failure::new(
-                        "template",
+                        FailureKind::Template,
                         format!("index template: {missing} (set index_fallback)"),
                     ))
                 }
@@ -254,83 +226,12 @@ impl EsOutput {
         if let Err(e) = write_json_with(&rec.record, &extra, out) {
             out.truncate(start);
             return Err(Failure::new(
-                "unencodable",
+                FailureKind::Unencodable,
                 format!("record cannot be written as JSON: {e}"),
             ));
         }
         out.push(b'\n');
         Ok(())
-    }
-
-    /// One attempt: every record batched into bulk requests, each item classified.
-    pub async fn send(&self, recs: &[Rec]) -> Result<Attempt, OutputError> {
-        self.install_template().await?;
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; recs.len()];
-        let mut bytes = 0u64;
-        let max_bytes = self.max_bytes.load(Ordering::Relaxed).max(1024);
-        let mut body = Vec::with_capacity(max_bytes.min(16 << 20));
-        // (record index, line bytes) of the records in `body`.
-        let mut batch: Vec<(usize, usize)> = Vec::new();
-        let mut line = Vec::new();
-        let mut whole_failure: Option<Failure> = None;
-        for (i, rec) in recs.iter().enumerate() {
-            if whole_failure.is_some() {
-                break;
-            }
-            line.clear();
-            if let Err(f) = self.encode(rec, &mut line) {
-                outcomes[i] = Some(Outcome::Reject(f));
-                continue;
-            }
-            if line.len() > self.bulk_max_bytes {
-                outcomes[i] = Some(Outcome::Reject(Failure::new(
-                    "too_large",
-                    format!(
-                        "document of {} bytes is larger than bulk_max_bytes ({})",
-                        line.len(),
-                        self.bulk_max_bytes
-                    ),
-                )));
-                continue;
-            }
-            if !batch.is_empty()
-                && (body.len() + line.len() > max_bytes || batch.len() >= self.bulk_max_records)
-            {
-                bytes += self
-                    .send_bulk(&body, &batch, &mut outcomes, &mut whole_failure)
-                    .await;
-                body.clear();
-                batch.clear();
-                if whole_failure.is_some() {
-                    break;
-                }
-            }
-            body.extend_from_slice(&line);
-            batch.push((i, line.len()));
-        }
-        if !batch.is_empty() && whole_failure.is_none() {
-            bytes += self
-                .send_bulk(&body, &batch, &mut outcomes, &mut whole_failure)
-                .await;
-        }
-        // Nothing got through: the attempt failed as a whole. Otherwise the records after a
-        // failed request (not sent) retry with it.
-        if let Some(f) = &whole_failure {
-            if outcomes
-                .iter()
-                .all(|o| o.is_none() || matches!(o, Some(Outcome::Retry(_))))
-            {
-                return Err(OutputError::new(f.kind, f.reason.clone()));
-            }
-        }
-        let fallback = whole_failure.unwrap_or_else(|| Failure::new("internal", "record not sent"));
-        Ok(Attempt {
-            outcomes: outcomes
-                .into_iter()
-                .map(|o| o.unwrap_or_else(|| Outcome::Retry(fallback.clone())))
-                .collect(),
-            bytes,
-        })
     }
 
     /// Sends one bulk request; fills in the outcomes of its records and returns the bytes
@@ -377,7 +278,10 @@ impl EsOutput {
             Ok(b) => b,
             Err(e) => {
                 return fail_all(
-                    Failure::new("connection", format!("reading the bulk response: {e}")),
+                    Failure::new(
+                        FailureKind::Connection,
+                        format!("reading the bulk response: {e}"),
+                    ),
                     outcomes,
                 )
             }
@@ -385,7 +289,7 @@ impl EsOutput {
         if status == 413 {
             if batch.len() == 1 {
                 outcomes[batch[0].0] = Some(Outcome::Reject(Failure::new(
-                    "too_large",
+                    FailureKind::TooLarge,
                     format!(
                         "Elasticsearch refused a {}-byte document with 413",
                         batch[0].1
@@ -398,7 +302,7 @@ impl EsOutput {
             tracing::warn!(output = %self.name, bulk_bytes = body.len(), new_limit = lower, "bulk refused with 413; lowering the batch size");
             return fail_all(
                 Failure::new(
-                    "http_413",
+                    FailureKind::Http413,
                     format!("bulk of {} bytes refused with 413", body.len()),
                 ),
                 outcomes,
@@ -406,9 +310,9 @@ impl EsOutput {
         }
         if status != 200 {
             let kind = match status {
-                429 => "http_429",
-                500..=599 => "http_5xx",
-                _ => "http_4xx",
+                429 => FailureKind::Http429,
+                500..=599 => FailureKind::Http5xx,
+                _ => FailureKind::Http4xx,
             };
             return fail_all(
                 Failure::new(
@@ -425,7 +329,10 @@ impl EsOutput {
             Ok(p) => p,
             Err(e) => {
                 return fail_all(
-                    Failure::new("bad_response", format!("bulk response is not JSON: {e}")),
+                    Failure::new(
+                        FailureKind::BadResponse,
+                        format!("bulk response is not JSON: {e}"),
+                    ),
                     outcomes,
                 )
             }
@@ -433,7 +340,7 @@ impl EsOutput {
         if parsed.items.len() != batch.len() {
             return fail_all(
                 Failure::new(
-                    "bad_response",
+                    FailureKind::BadResponse,
                     format!(
                         "bulk response has {} items for {} documents",
                         parsed.items.len(),
@@ -447,7 +354,7 @@ impl EsOutput {
         for ((i, len), item) in batch.iter().zip(parsed.items) {
             let Some(result) = item.into_values().next() else {
                 outcomes[*i] = Some(Outcome::Retry(Failure::new(
-                    "bad_response",
+                    FailureKind::BadResponse,
                     "empty bulk item",
                 )));
                 continue;
@@ -484,11 +391,115 @@ impl EsOutput {
         match item.status {
             200..=299 => Outcome::Delivered,
             409 if self.action == EsAction::Create => Outcome::Delivered,
-            409 => Outcome::Retry(Failure::new("version_conflict", describe())),
-            429 => Outcome::Retry(Failure::new("item_429", describe())),
-            500..=599 => Outcome::Retry(Failure::new("item_5xx", describe())),
-            _ => Outcome::Reject(Failure::new("rejected", describe())),
+            409 => Outcome::Retry(Failure::new(FailureKind::VersionConflict, describe())),
+            429 => Outcome::Retry(Failure::new(FailureKind::Item429, describe())),
+            500..=599 => Outcome::Retry(Failure::new(FailureKind::Item5xx, describe())),
+            _ => Outcome::Reject(Failure::new(FailureKind::Rejected, describe())),
         }
+    }
+}
+
+impl Sink for EsOutput {
+    /// One attempt: every record batched into bulk requests, each item classified.
+    async fn send(&self, recs: &[Rec]) -> Result<Attempt, OutputError> {
+        self.install_template().await?;
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; recs.len()];
+        let mut bytes = 0u64;
+        let max_bytes = self.max_bytes.load(Ordering::Relaxed).max(1024);
+        let mut body = Vec::with_capacity(max_bytes.min(16 << 20));
+        // (record index, line bytes) of the records in `body`.
+        let mut batch: Vec<(usize, usize)> = Vec::new();
+        let mut line = Vec::new();
+        let mut whole_failure: Option<Failure> = None;
+        for (i, rec) in recs.iter().enumerate() {
+            if whole_failure.is_some() {
+                break;
+            }
+            line.clear();
+            if let Err(f) = self.encode(rec, &mut line) {
+                outcomes[i] = Some(Outcome::Reject(f));
+                continue;
+            }
+            if line.len() > self.bulk_max_bytes {
+                outcomes[i] = Some(Outcome::Reject(Failure::new(
+                    FailureKind::TooLarge,
+                    format!(
+                        "document of {} bytes is larger than bulk_max_bytes ({})",
+                        line.len(),
+                        self.bulk_max_bytes
+                    ),
+                )));
+                continue;
+            }
+            if !batch.is_empty()
+                && (body.len() + line.len() > max_bytes || batch.len() >= self.bulk_max_records)
+            {
+                bytes += self
+                    .send_bulk(&body, &batch, &mut outcomes, &mut whole_failure)
+                    .await;
+                body.clear();
+                batch.clear();
+                if whole_failure.is_some() {
+                    break;
+                }
+            }
+            body.extend_from_slice(&line);
+            batch.push((i, line.len()));
+        }
+        if !batch.is_empty() && whole_failure.is_none() {
+            bytes += self
+                .send_bulk(&body, &batch, &mut outcomes, &mut whole_failure)
+                .await;
+        }
+        // Nothing got through: the attempt failed as a whole. Otherwise the records after a
+        // failed request (not sent) retry with it.
+        if let Some(f) = &whole_failure {
+            if outcomes
+                .iter()
+                .all(|o| o.is_none() || matches!(o, Some(Outcome::Retry(_))))
+            {
+                return Err(OutputError::new(f.kind, f.reason.clone()));
+            }
+        }
+        let fallback =
+            whole_failure.unwrap_or_else(|| Failure::new(FailureKind::Internal, "record not sent"));
+        Ok(Attempt {
+            outcomes: outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| Outcome::Retry(fallback.clone())))
+                .collect(),
+            bytes,
+        })
+    }
+
+    /// `GET /`: the cluster's name and version.
+    async fn check(&self) -> Result<String, OutputError> {
+        let resp = self
+            .client
+            .send(
+                Method::Get,
+                "/",
+                HeaderMap::new(),
+                None::<&()>,
+                None::<&[u8]>,
+                Some(self.request_timeout),
+            )
+            .await
+            .map_err(transport_error)?;
+        let status = resp.status_code().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        if status != 200 {
+            return Err(OutputError::new(
+                FailureKind::Http,
+                format!("GET / answered {status}: {}", snippet(&body)),
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        Ok(format!(
+            "cluster {} version {}",
+            v["cluster_name"].as_str().unwrap_or("?"),
+            v["version"]["number"].as_str().unwrap_or("?")
+        ))
     }
 }
 
@@ -512,9 +523,9 @@ struct BulkItem {
 
 fn transport_error(e: elasticsearch::Error) -> OutputError {
     if e.is_timeout() {
-        OutputError::new("timeout", e.to_string())
+        OutputError::new(FailureKind::Timeout, e.to_string())
     } else {
-        OutputError::new("connection", e.to_string())
+        OutputError::new(FailureKind::Connection, e.to_string())
     }
 }
 
@@ -592,7 +603,7 @@ mod tests {
         // Missing field without a fallback: rejected with a reason.
         let r = rec(6, serde_json::json!({"log": "x"}));
         let err = out.encode(&r, &mut Vec::new()).unwrap_err();
-        assert_eq!(err.kind, "template");
+        assert_eq!(err.kind.as_str(), "template");
     }
 
     #[test]
@@ -632,7 +643,7 @@ mod tests {
         ));
         match index.classify(&item(400, "document_parsing_exception")) {
             Outcome::Reject(f) => {
-                assert_eq!(f.kind, "rejected");
+                assert_eq!(f.kind.as_str(), "rejected");
                 assert_eq!(f.reason, "400 document_parsing_exception: why");
             }
             other => panic!("{other:?}"),

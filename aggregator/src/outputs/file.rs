@@ -27,6 +27,9 @@
 //!   last line without `\n` found there is one torn by a crash; it is cut before the next
 //!   append to that file (the crashed delivery's chunk is delivered again).
 //! - Records are transcoded from msgpack to JSON directly, without building a tree.
+//!
+//! [`FileSink`] is the output's [`Sink`]: one [`FileOutput`] behind a mutex, its encoding and
+//! IO on the blocking pool.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -35,12 +38,12 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use logferry_common::msgpack::write_json;
 use sha2::{Digest, Sha256};
 
-use super::{Attempt, Failure, Outcome, OutputError, Rec};
+use super::{Attempt, Failure, FailureKind, Outcome, OutputError, Rec, Sink};
 
 /// Open files kept between deliveries; past this many, all are closed (tags are unbounded).
 const MAX_OPEN_FILES: usize = 256;
@@ -146,10 +149,10 @@ impl AppendError {
     fn outcome(&self) -> Outcome {
         let (kind, permanent) = match self {
             AppendError::Open { source, .. } if source.kind() == ErrorKind::InvalidFilename => {
-                ("file_name", true)
+                (FailureKind::FileName, true)
             }
-            AppendError::Locked { .. } => ("locked", false),
-            AppendError::Open { .. } | AppendError::Io { .. } => ("io", false),
+            AppendError::Locked { .. } => (FailureKind::Locked, false),
+            AppendError::Open { .. } | AppendError::Io { .. } => (FailureKind::Io, false),
         };
         let failure = Failure::new(kind, self.to_string());
         if permanent {
@@ -286,6 +289,58 @@ impl FileOutput {
     }
 }
 
+/// The file output as a [`Sink`]: one [`FileOutput`] shared by every delivery of the output
+/// (and its replays), behind a mutex because deliveries run on the blocking pool.
+#[derive(Debug, Clone)]
+pub struct FileSink {
+    out: Arc<Mutex<FileOutput>>,
+}
+
+impl FileSink {
+    /// A file sink writing under `dir` (see [`FileOutput::new`]).
+    pub fn new(dir: &Path) -> FileSink {
+        FileSink {
+            out: Arc::new(Mutex::new(FileOutput::new(dir))),
+        }
+    }
+
+    /// Runs `f` on the output, on the blocking pool (a panic fails the attempt as a whole).
+    async fn with_output<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Mutex<FileOutput>) -> Result<T, OutputError> + Send + 'static,
+    ) -> Result<T, OutputError> {
+        let out = Arc::clone(&self.out);
+        tokio::task::spawn_blocking(move || f(&out))
+            .await
+            .unwrap_or_else(|e| Err(OutputError::new(FailureKind::Panic, e.to_string())))
+    }
+}
+
+/// Locks the output, also after a delivery panicked while holding the lock: the next ones
+/// still run.
+fn locked(out: &Mutex<FileOutput>) -> std::sync::MutexGuard<'_, FileOutput> {
+    out.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Sink for FileSink {
+    /// File IO and JSON encoding block; they run on the blocking pool so the Forward
+    /// connections on the async workers are never stalled by a slow disk. Encoding happens
+    /// before taking the lock, so it overlaps another chunk's write and fsync.
+    async fn send(&self, recs: &[Rec]) -> Result<Attempt, OutputError> {
+        let recs = recs.to_vec();
+        self.with_output(move |out| {
+            let encoded = encode(&recs);
+            locked(out).write(encoded)
+        })
+        .await
+    }
+
+    /// Creates the directory and writes a probe file in it.
+    async fn check(&self) -> Result<String, OutputError> {
+        self.with_output(|out| locked(out).check()).await
+    }
+}
+
 /// The body of [`FileOutput::append`], run under the file's lock. Returns whether the
 /// directory was fsync'd (the file was empty).
 fn append_locked(
@@ -411,7 +466,7 @@ pub fn encode(recs: &[Rec]) -> Encoded {
         if let Err(e) = write_json(&rec.record, line) {
             line.truncate(line_start);
             outcomes.push(Outcome::Reject(Failure::new(
-                "unencodable",
+                FailureKind::Unencodable,
                 format!("record cannot be written as JSON: {e}"),
             )));
         } else {
@@ -545,7 +600,7 @@ mod tests {
             .iter()
             .map(|o| match o {
                 Outcome::Delivered => "ok",
-                Outcome::Reject(f) => f.kind,
+                Outcome::Reject(f) => f.kind.as_str(),
                 Outcome::Retry(_) => "retry",
             })
             .collect();
@@ -579,7 +634,7 @@ mod tests {
             .iter()
             .map(|o| match o {
                 Outcome::Delivered => "ok",
-                Outcome::Reject(f) | Outcome::Retry(f) => f.kind,
+                Outcome::Reject(f) | Outcome::Retry(f) => f.kind.as_str(),
             })
             .collect()
     }
@@ -699,12 +754,12 @@ mod tests {
             path: PathBuf::from("x"),
             source: std::io::Error::from(ErrorKind::InvalidFilename),
         };
-        assert!(matches!(e.outcome(), Outcome::Reject(f) if f.kind == "file_name"));
+        assert!(matches!(e.outcome(), Outcome::Reject(f) if f.kind.as_str() == "file_name"));
         let e = AppendError::Open {
             path: PathBuf::from("x"),
             source: std::io::Error::from(ErrorKind::PermissionDenied),
         };
-        assert!(matches!(e.outcome(), Outcome::Retry(f) if f.kind == "io"));
+        assert!(matches!(e.outcome(), Outcome::Retry(f) if f.kind.as_str() == "io"));
     }
 
     #[test]

@@ -26,7 +26,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use super::{Attempt, Failure, Outcome, OutputError, Rec};
+use crate::record::{scalar, write_json_with};
+use crate::template::{sanitize_kafka_topic, Template};
+use super::{Attempt, Failure, FailureKind, Outcome, OutputError, Rec, Sink};
 use crate::config::{KafkaFormat, KafkaOutputConfig};
 use crate::record::{scalar, write_json_with};
 use crate::template::{sanitize_kafka_topic, Template};
@@ -80,7 +82,7 @@ pub fn client_config(c: &KafkaOutputConfig) -> ClientConfig {
 impl KafkaOutput {
     /// Creates the producer (it connects in the background; nothing blocks here).
     pub fn new(name: &str, c: &KafkaOutputConfig) -> Result<KafkaOutput, OutputError> {
-        let config_err = |m: String| OutputError::new("config", m);
+        let config_err = |m: String| OutputError::new(FailureKind::Config, m);
         let producer: FutureProducer = client_config(c)
             .create()
             .map_err(|e| config_err(format!("cannot create the Kafka producer: {e}")))?;
@@ -104,34 +106,6 @@ impl KafkaOutput {
         })
     }
 
-    /// Fetches the cluster metadata (for `validate --check-outputs`).
-    pub async fn check(&self) -> Result<String, OutputError> {
-        let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, Duration::from_secs(10))
-                .map(|m| {
-                    format!(
-                        "{} broker(s), {} topic(s)",
-                        m.brokers().len(),
-                        m.topics().len()
-                    )
-                })
-                .map_err(|e| {
-                    OutputError::new("connection", format!("metadata request failed: {e}"))
-                })
-        })
-        .await
-        .unwrap_or_else(|e| Err(OutputError::new("panic", e.to_string())))
-    }
-
-    /// Waits (bounded) for queued messages on shutdown.
-    pub async fn close(&self) {
-        let producer = self.producer.clone();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
-    }
-
     /// The topic of a record, or why it has none.
     fn topic(&self, rec: &Rec) -> Result<String, Failure> {
         match self
@@ -152,7 +126,7 @@ impl KafkaOutput {
             }
             Err(missing) => self.topic_default.clone().ok_or_else(|| {
                 Failure::new(
-                    "template",
+                    FailureKind::Template,
                     format!("topic template: {missing} (set topic_default)"),
                 )
             }),
@@ -174,7 +148,10 @@ impl KafkaOutput {
             extra.push((&self.tag_key, &rec.tag));
         }
         let unencodable = |e: msgpack::MsgpackError| {
-            Failure::new("unencodable", format!("record cannot be encoded: {e}"))
+            Failure::new(
+                FailureKind::Unencodable,
+                format!("record cannot be encoded: {e}"),
+            )
         };
         match self.format {
             KafkaFormat::Json => write_json_with(&rec.record, &extra, out).map_err(unencodable),
@@ -199,9 +176,11 @@ impl KafkaOutput {
             }
         }
     }
+}
 
+impl Sink for KafkaOutput {
     /// One attempt: produce every record, then await every delivery report.
-    pub async fn send(&self, recs: &[Rec]) -> Result<Attempt, OutputError> {
+    async fn send(&self, recs: &[Rec]) -> Result<Attempt, OutputError> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; recs.len()];
         let mut waiting: Vec<(usize, usize, DeliveryFuture)> = Vec::with_capacity(recs.len());
         let mut value = Vec::new();
@@ -226,7 +205,7 @@ impl KafkaOutput {
             let size = value.len() + key.as_ref().map_or(0, String::len) + topic.len();
             if size + MESSAGE_OVERHEAD > self.message_max_bytes {
                 outcomes[i] = Some(Outcome::Reject(Failure::new(
-                    "too_large",
+                    FailureKind::TooLarge,
                     format!(
                         "message of {size} bytes does not fit message_max_bytes ({})",
                         self.message_max_bytes
@@ -265,7 +244,10 @@ impl KafkaOutput {
                     Outcome::Delivered
                 }
                 Ok(Err((e, _))) => classify(&e),
-                Err(_) => Outcome::Retry(Failure::new("delivery", "producer dropped the message")),
+                Err(_) => Outcome::Retry(Failure::new(
+                    FailureKind::Delivery,
+                    "producer dropped the message",
+                )),
             });
         }
         if !recs.is_empty()
@@ -281,11 +263,44 @@ impl KafkaOutput {
             outcomes: outcomes
                 .into_iter()
                 .map(|o| {
-                    o.unwrap_or_else(|| Outcome::Retry(Failure::new("internal", "not produced")))
+                    o.unwrap_or_else(|| {
+                        Outcome::Retry(Failure::new(FailureKind::Internal, "not produced"))
+                    })
                 })
                 .collect(),
             bytes,
         })
+    }
+
+    /// Fetches the cluster metadata (for `validate --check-outputs`).
+    async fn check(&self) -> Result<String, OutputError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(|m| {
+                    format!(
+                        "{} broker(s), {} topic(s)",
+                        m.brokers().len(),
+                        m.topics().len()
+                    )
+                })
+                .map_err(|e| {
+                    OutputError::new(
+                        FailureKind::Connection,
+                        format!("metadata request failed: {e}"),
+                    )
+                })
+        })
+        .await
+        .unwrap_or_else(|e| Err(OutputError::new(FailureKind::Panic, e.to_string())))
+    }
+
+    /// Waits (bounded) for queued messages on shutdown.
+    async fn close(&self) {
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
     }
 }
 
@@ -294,15 +309,15 @@ fn classify(e: &KafkaError) -> Outcome {
     let code = e.rdkafka_error_code();
     match code {
         Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
-            Outcome::Reject(Failure::new("too_large", e.to_string()))
+            Outcome::Reject(Failure::new(FailureKind::TooLarge, e.to_string()))
         }
         Some(RDKafkaErrorCode::InvalidTopic | RDKafkaErrorCode::InvalidMessage) => {
-            Outcome::Reject(Failure::new("rejected", e.to_string()))
+            Outcome::Reject(Failure::new(FailureKind::Rejected, e.to_string()))
         }
         Some(RDKafkaErrorCode::MessageTimedOut) => {
-            Outcome::Retry(Failure::new("timeout", e.to_string()))
+            Outcome::Retry(Failure::new(FailureKind::Timeout, e.to_string()))
         }
-        _ => Outcome::Retry(Failure::new("delivery", e.to_string())),
+        _ => Outcome::Retry(Failure::new(FailureKind::Delivery, e.to_string())),
     }
 }
 
@@ -354,7 +369,11 @@ mod tests {
         assert_eq!(decoded["m"], 1);
         let strict = output("topic = \"logs.${record.ns}\"");
         assert_eq!(
-            strict.topic(&rec(serde_json::json!({}))).unwrap_err().kind,
+            strict
+                .topic(&rec(serde_json::json!({})))
+                .unwrap_err()
+                .kind
+                .as_str(),
             "template"
         );
     }

@@ -33,7 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
 use self::mapping::{map_record, Entry, Payload, Severity, Target};
-use super::{Attempt, Failure, Outcome, OutputError, Rec};
+use super::{Attempt, Failure, FailureKind, Outcome, OutputError, Rec, Sink};
 use crate::config::StackdriverOutputConfig;
 
 /// The default metadata server.
@@ -51,7 +51,7 @@ pub struct GclOutput {
 impl GclOutput {
     /// Builds the client (credentials are fetched lazily, on the first request).
     pub async fn new(name: &str, c: &StackdriverOutputConfig) -> Result<GclOutput, OutputError> {
-        let config_err = |m: String| OutputError::new("config", m);
+        let config_err = |m: String| OutputError::new(FailureKind::Config, m);
         // Two rustls crypto providers can be linked in (the Elasticsearch client's and Google's);
         // pick one for the process so neither client has to guess.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -123,27 +123,21 @@ impl GclOutput {
             .await
     }
 
-    /// Resolves the target and writes no entries (for `validate --check-outputs`).
-    pub async fn check(&self) -> Result<String, OutputError> {
-        let t = self.target().await?;
-        Ok(format!(
-            "project {} cluster {} in {}",
-            t.project_id, t.cluster_name, t.location
-        ))
-    }
-
     /// Maps one record.
     fn map(&self, rec: &Rec, target: &Target) -> Result<Entry, Failure> {
         let mut json = Vec::with_capacity(rec.record.len() * 2);
         logferry_common::msgpack::write_json(&rec.record, &mut json).map_err(|e| {
             Failure::new(
-                "unencodable",
+                FailureKind::Unencodable,
                 format!("record cannot be written as JSON: {e}"),
             )
         })?;
         let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&json)
             .map_err(|e| {
-                Failure::new("unencodable", format!("record is not a JSON object: {e}"))
+                Failure::new(
+                    FailureKind::Unencodable,
+                    format!("record is not a JSON object: {e}"),
+                )
             })?;
         let insert_id = crate::record::stable_id(&self.name, rec);
         Ok(map_record(
@@ -152,47 +146,6 @@ impl GclOutput {
             insert_id,
             target,
         ))
-    }
-
-    /// One attempt: map, batch, write.
-    pub async fn send(&self, recs: &[Rec]) -> Result<Attempt, OutputError> {
-        let target = self.target().await?.clone();
-        let max_request = self.config.max_request_bytes.bytes() as usize;
-        let max_entries = self.config.max_entries_per_request;
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; recs.len()];
-        let mut batch: Vec<(usize, Entry, usize)> = Vec::new();
-        let mut batch_bytes = 0usize;
-        let mut bytes = 0u64;
-        for (i, rec) in recs.iter().enumerate() {
-            let entry = match self.map(rec, &target) {
-                Ok(e) => e,
-                Err(f) => {
-                    outcomes[i] = Some(Outcome::Reject(f));
-                    continue;
-                }
-            };
-            let size = entry.size() + 1;
-            if !batch.is_empty()
-                && (batch_bytes + size + 64 > max_request || batch.len() >= max_entries)
-            {
-                bytes += self
-                    .write(std::mem::take(&mut batch), &mut outcomes)
-                    .await?;
-                batch_bytes = 0;
-            }
-            batch_bytes += size;
-            batch.push((i, entry, size));
-        }
-        if !batch.is_empty() {
-            bytes += self.write(batch, &mut outcomes).await?;
-        }
-        Ok(Attempt {
-            outcomes: outcomes
-                .into_iter()
-                .map(|o| o.unwrap_or_else(|| Outcome::Retry(Failure::new("internal", "not sent"))))
-                .collect(),
-            bytes,
-        })
     }
 
     /// Writes one batch. A whole-request failure before anything was delivered in this attempt
@@ -211,7 +164,8 @@ impl GclOutput {
                 Ok(batch.iter().map(|(_, _, s)| *s as u64).sum())
             }
             Err(WriteError::Invalid(msg)) if batch.len() == 1 => {
-                outcomes[batch[0].0] = Some(Outcome::Reject(Failure::new("rejected", msg)));
+                outcomes[batch[0].0] =
+                    Some(Outcome::Reject(Failure::new(FailureKind::Rejected, msg)));
                 Ok(0)
             }
             Err(WriteError::Invalid(_)) => {
@@ -225,7 +179,7 @@ impl GclOutput {
                                 Outcome::Delivered
                             }
                             Err(WriteError::Invalid(msg)) => {
-                                Outcome::Reject(Failure::new("rejected", msg))
+                                Outcome::Reject(Failure::new(FailureKind::Rejected, msg))
                             }
                             Err(WriteError::Retry(f)) => Outcome::Retry(f),
                         });
@@ -262,7 +216,7 @@ impl GclOutput {
             Ok(Err(e)) => e,
             Err(_) => {
                 return Err(WriteError::Retry(Failure::new(
-                    "timeout",
+                    FailureKind::Timeout,
                     format!("no answer within {:?}", self.config.request_timeout),
                 )))
             }
@@ -274,15 +228,71 @@ impl GclOutput {
             return Err(WriteError::Invalid(e.to_string()));
         }
         let kind = match status {
-            Some(401 | 403) => "auth",
-            Some(429) => "http_429",
-            Some(500..=599) => "http_5xx",
-            Some(_) => "http_4xx",
-            None if e.is_timeout() => "timeout",
-            None if e.is_authentication() => "auth",
-            None => "connection",
+            Some(401 | 403) => FailureKind::Auth,
+            Some(429) => FailureKind::Http429,
+            Some(500..=599) => FailureKind::Http5xx,
+            Some(_) => FailureKind::Http4xx,
+            None if e.is_timeout() => FailureKind::Timeout,
+            None if e.is_authentication() => FailureKind::Auth,
+            None => FailureKind::Connection,
         };
         Err(WriteError::Retry(Failure::new(kind, e.to_string())))
+    }
+}
+
+impl Sink for GclOutput {
+    /// One attempt: map, batch, write.
+    async fn send(&self, recs: &[Rec]) -> Result<Attempt, OutputError> {
+        let target = self.target().await?.clone();
+        let max_request = self.config.max_request_bytes.bytes() as usize;
+        let max_entries = self.config.max_entries_per_request;
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; recs.len()];
+        let mut batch: Vec<(usize, Entry, usize)> = Vec::new();
+        let mut batch_bytes = 0usize;
+        let mut bytes = 0u64;
+        for (i, rec) in recs.iter().enumerate() {
+            let entry = match self.map(rec, &target) {
+                Ok(e) => e,
+                Err(f) => {
+                    outcomes[i] = Some(Outcome::Reject(f));
+                    continue;
+                }
+            };
+            let size = entry.size() + 1;
+            if !batch.is_empty()
+                && (batch_bytes + size + 64 > max_request || batch.len() >= max_entries)
+            {
+                bytes += self
+                    .write(std::mem::take(&mut batch), &mut outcomes)
+                    .await?;
+                batch_bytes = 0;
+            }
+            batch_bytes += size;
+            batch.push((i, entry, size));
+        }
+        if !batch.is_empty() {
+            bytes += self.write(batch, &mut outcomes).await?;
+        }
+        Ok(Attempt {
+            outcomes: outcomes
+                .into_iter()
+                .map(|o| {
+                    o.unwrap_or_else(|| {
+                        Outcome::Retry(Failure::new(FailureKind::Internal, "not sent"))
+                    })
+                })
+                .collect(),
+            bytes,
+        })
+    }
+
+    /// Resolves the target and writes no entries (for `validate --check-outputs`).
+    async fn check(&self) -> Result<String, OutputError> {
+        let t = self.target().await?;
+        Ok(format!(
+            "project {} cluster {} in {}",
+            t.project_id, t.cluster_name, t.location
+        ))
     }
 }
 
@@ -327,7 +337,7 @@ fn to_log_entry(e: &Entry) -> LogEntry {
 
 /// `GET <md>/computeMetadata/v1/<path>` with `Metadata-Flavor: Google` (plain HTTP).
 async fn metadata(md: &str, path: &str) -> Result<String, OutputError> {
-    let err = |m: String| OutputError::new("metadata", m);
+    let err = |m: String| OutputError::new(FailureKind::Metadata, m);
     let host = md
         .strip_prefix("http://")
         .ok_or_else(|| err(format!("metadata endpoint {md:?} is not http://")))?
