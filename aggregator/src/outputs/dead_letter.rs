@@ -66,11 +66,10 @@ use logferry_common::telemetry;
 
 use super::failure::{Failure, FailureKind, OutputError};
 use super::health::OutputHealth;
-use crate::record::{Origin, Rec, Records};
 use super::sink::Output;
 use super::worker::{deliver_records, Ctx};
 use crate::config::{DeadLetterConfig, DeadLetterWhenFull};
-use crate::record::{Origin, Records};
+use crate::record::{Origin, Rec, Records};
 
 /// Envelope version.
 const VERSION: u64 = 1;

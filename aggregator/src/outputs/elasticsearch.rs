@@ -38,8 +38,6 @@ use elasticsearch::http::{Method, Url};
 use elasticsearch::Elasticsearch;
 use serde::Deserialize;
 
-use crate::record::write_json_with;
-use crate::template::{finish_es_index, sanitize_es_index, Template};
 use super::{Attempt, Failure, FailureKind, Outcome, OutputError, Rec, Sink};
 use crate::config::{ElasticsearchOutputConfig, EsAction, HttpCompression};
 use crate::record::write_json_with;

@@ -26,8 +26,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use crate::record::{scalar, write_json_with};
-use crate::template::{sanitize_kafka_topic, Template};
 use super::{Attempt, Failure, FailureKind, Outcome, OutputError, Rec, Sink};
 use crate::config::{KafkaFormat, KafkaOutputConfig};
 use crate::record::{scalar, write_json_with};

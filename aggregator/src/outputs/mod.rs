@@ -41,9 +41,9 @@ pub mod sink;
 pub mod stackdriver;
 pub mod worker;
 
+pub use crate::record::{Rec, Records};
 pub use dead_letter::{DeadItem, DeadLetters};
 pub use failure::{Failure, FailureKind, OutputError};
 pub use health::OutputHealth;
-pub use crate::record::{Rec, Records};
 pub use sink::{Attempt, Outcome, Output, Sink};
 pub use worker::Worker;

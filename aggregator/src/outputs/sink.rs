@@ -45,9 +45,9 @@
 use std::future::Future;
 
 use super::failure::{Failure, FailureKind, OutputError};
-use crate::record::Rec;
 use super::{file, null};
 use crate::config::OutputConfig;
+use crate::record::Rec;
 
 #[cfg(feature = "elasticsearch")]
 use super::elasticsearch;

@@ -47,9 +47,9 @@ use tokio_util::sync::CancellationToken;
 use super::dead_letter::{DeadItem, DeadLetterError, DeadLetters};
 use super::failure::{Failure, FailureKind};
 use super::health::OutputHealth;
-use crate::record::{self, Rec, Records};
 use super::sink::{Outcome, Output};
 use crate::config::RetryConfig;
+use crate::record::{self, Rec, Records};
 
 /// Everything an output worker needs.
 #[derive(Debug)]
