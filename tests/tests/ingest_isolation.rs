@@ -18,8 +18,7 @@ use logferry_common::forward::{
 };
 use logferry_common::msgpack;
 use logferry_e2e::client::{request, send_acked, tcp, tcp_from};
-use logferry_e2e::metric;
-use logferry_e2e::{read_output, unique_id, wait_until, Aggregator, AggregatorConfig};
+use logferry_e2e::{metric, read_output, unique_id, wait_until, Aggregator, AggregatorConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -17,10 +17,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use logferry_e2e::client::{auth, closed_within, send_acked, tcp, tls_over};
-use logferry_e2e::metric;
 use logferry_e2e::{
-    aggregator_bin, assert_expected_records, external_tool, fixture, run_checked, toml_path,
-    unique_id, wait_for_lines, wait_for_records, wait_until, Aggregator, AggregatorConfig, TestPki,
+    aggregator_bin, assert_expected_records, external_tool, fixture, metric, run_checked,
+    toml_path, unique_id, wait_for_lines, wait_for_records, wait_until, Aggregator,
+    AggregatorConfig, TestPki,
 };
 use serde_json::{json, Value};
 
