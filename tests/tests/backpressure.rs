@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use logferry_e2e::{
-    http_get, metric_value, run_loadtest, spawn_loadtest, unique_id, wait_for_records, wait_until,
-    Aggregator, AggregatorConfig,
+    http_get, metric_value, unique_id, wait_for_records, wait_until, Aggregator, AggregatorConfig,
+    Load,
 };
 use serde_json::Value;
 
@@ -33,26 +33,12 @@ fn block_stops_acks_and_resumes_without_loss() {
     std::fs::write(&agg.out_dir, b"not a directory").unwrap();
 
     let run_id = unique_id("bp");
-    let sender = spawn_loadtest([
-        "forward",
-        "--target",
-        &agg.target(),
-        "--records",
-        &RECORDS.to_string(),
-        "--batch",
-        "40",
-        "--window",
-        "2",
-        "--ack",
-        "--ack-timeout",
-        "120s",
-        "--retry-for",
-        "120s",
-        "--run-id",
-        &run_id,
-        "--json",
-        "--quiet",
-    ]);
+    let sender = Load::acked(&agg, RECORDS, &run_id)
+        .batch(40)
+        .window(2)
+        .ack_timeout("120s")
+        .retry_for("120s")
+        .spawn();
 
     // The buffer fills up to its limit and stays there.
     let admin = agg.admin_addr;
@@ -96,8 +82,7 @@ fn block_stops_acks_and_resumes_without_loss() {
     assert_eq!(summary["acked"], RECORDS, "{summary}");
 
     wait_for_records(&agg.out_dir, &run_id, RECORDS, Duration::from_secs(60));
-    let out_dir = agg.out_dir.to_string_lossy().into_owned();
-    let report = run_loadtest(["verify", "--run-id", &run_id, &out_dir, "--json"]);
+    let report = Load::verify(&run_id).output_dir(&agg.out_dir).json().run();
     let report: Value = serde_json::from_slice(&report.stdout).expect("JSON report");
     assert_eq!(report["missing"], 0, "{report}");
     let metrics = agg.metrics();

@@ -15,34 +15,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use logferry_common::chunk::{chunk_file_name, parse_chunk_file_name, ChunkState};
+use logferry_common::chunk::{chunk_file_name, ChunkState};
+use logferry_e2e::chunks::chunk_files;
 use logferry_e2e::{
-    aggregator_bin, run_checked, run_loadtest, spawn_loadtest, unique_id, wait_for_records,
-    wait_until, Aggregator, AggregatorConfig,
+    aggregator_bin, run_checked, unique_id, wait_for_records, wait_until, Aggregator,
+    AggregatorConfig, Load,
 };
 use serde_json::Value;
 
 /// EX_TEMPFAIL: the buffer is locked by a running aggregator whose admin cannot be reached.
 const EXIT_TEMPFAIL: i32 = 75;
-
-/// Chunk files (any state) in `dir`.
-fn chunk_files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = rd
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(parse_chunk_file_name)
-                .is_some()
-        })
-        .map(|e| e.path())
-        .collect();
-    files.sort();
-    files
-}
 
 /// An aggregator with one dead letter for output `out`; returns it, the dead-letter directory,
 /// that file's bytes and the seeded record's run id. The config on disk names the admin listener's real address, as a
@@ -56,16 +38,7 @@ fn seeded(config: AggregatorConfig) -> (Aggregator, PathBuf, Vec<u8>, String) {
     )
     .unwrap();
     let seed_run = unique_id("seed");
-    let out = run_loadtest([
-        "forward",
-        "--target",
-        &agg.target(),
-        "--records",
-        "1",
-        "--ack",
-        "--run-id",
-        &seed_run,
-    ]);
+    let out = Load::forward(&agg).records(1).ack().run_id(&seed_run).run();
     assert!(out.status.success(), "seeding failed");
     let file = wait_until("a dead letter", Duration::from_secs(60), || {
         chunk_files(&dl_dir).into_iter().next()
@@ -106,15 +79,11 @@ fn replay(config: &Path, extra: &[&str]) -> Output {
 }
 
 fn verify(out_dir: &Path, run_id: &str, expect: u64) -> Value {
-    let out = run_loadtest([
-        "verify",
-        "--run-id",
-        run_id,
-        &out_dir.to_string_lossy(),
-        "--expect",
-        &expect.to_string(),
-        "--json",
-    ]);
+    let out = Load::verify(run_id)
+        .output_dir(out_dir)
+        .expect(expect)
+        .json()
+        .run();
     serde_json::from_slice(&out.stdout).expect("JSON report")
 }
 
@@ -134,21 +103,14 @@ fn replay_loops_next_to_a_running_aggregator_lose_no_acked_record() {
         ..AggregatorConfig::default()
     });
     let run_id = unique_id("e6");
-    let records = RECORDS.to_string();
     let target = agg.target();
-    let load = spawn_loadtest([
-        "forward",
-        "--target",
-        &target,
-        "--records",
-        &records,
-        "--ack",
-        "--run-id",
-        &run_id,
-        "--record-bytes",
-        "200",
-        "--json",
-    ]);
+    let load = Load::forward(&target)
+        .records(RECORDS)
+        .ack()
+        .run_id(&run_id)
+        .record_bytes(200)
+        .json()
+        .spawn();
 
     let done = Arc::new(AtomicBool::new(false));
     let runs = Arc::new(AtomicU64::new(0));

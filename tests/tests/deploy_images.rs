@@ -8,13 +8,11 @@
 //! Real components: cargo, readelf (binutils), the workspace's crates. hadolint and checkov
 //! lint the Dockerfiles in deploy_manifests.rs.
 
-mod deploy_support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use deploy_support::*;
+use logferry_e2e::deploy::*;
 
 /// The `cargo build ...` command of a Dockerfile's RUN instruction (continuations joined,
 /// `${ARG}` replaced by the ARG's default), and the binary it copies out of target/release.

@@ -11,13 +11,11 @@
 //! Real components: kubectl (kustomize), kubernetes-validate, checkov, hadolint, PyYAML,
 //! tomllib and promql-parser (through deploy/tools/k8s_facts.py). No cluster is needed.
 
-mod deploy_support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
-use deploy_support::*;
+use logferry_e2e::deploy::*;
 use serde_json::Value;
 
 fn text(out: &std::process::Output) -> String {
@@ -1072,7 +1070,7 @@ fn alert_rules_and_dashboard_queries_parse() {
 
     // Dashboard: unique panel ids, every panel on the Prometheus data source variable,
     // panels inside the 24-column grid without overlaps.
-    let dash = deploy_support::dashboard();
+    let dash = logferry_e2e::deploy::dashboard();
     let mut ids = BTreeSet::new();
     let mut cells = BTreeSet::new();
     for p in dash["panels"].as_array().expect("panels") {

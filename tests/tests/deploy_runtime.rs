@@ -8,8 +8,6 @@
 //! (built from the workspace), `kubectl kustomize`, and promql-parser (deploy/tools/k8s_facts.py)
 //! to find the metric names in the queries. Everything listens on 127.0.0.1 port 0.
 
-mod deploy_support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -17,8 +15,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use deploy_support::*;
-use logferry_e2e::{aggregator_bin, binary, metrics, run_loadtest, wait_until};
+use logferry_e2e::deploy::*;
+use logferry_e2e::{aggregator_bin, binary, metrics, toml_path, wait_until, Load};
 use serde_json::Value;
 
 /// Runs `BIN validate --config` on the config `container` of `workload` runs in the rendered
@@ -354,9 +352,9 @@ retry.initial = "50ms"
 retry.max_interval = "100ms"
 retry.timeout = "1s"
 "#,
-        buffer = toml_str(&dir.path().join("buffer")),
-        good = toml_str(&dir.path().join("out")),
-        bad = toml_str(&blocker.join("out")),
+        buffer = toml_path(&dir.path().join("buffer")),
+        good = toml_path(&dir.path().join("out")),
+        bad = toml_path(&blocker.join("out")),
     );
     let (_cdir, config_path) = temp_file("aggregator.toml", &config);
     let agg = Daemon::start(
@@ -367,16 +365,7 @@ retry.timeout = "1s"
         &["forward", "admin"],
     );
     let target = agg.listeners["forward"].to_string();
-    let out = run_loadtest([
-        "forward",
-        "--target",
-        &target,
-        "--records",
-        "300",
-        "--batch",
-        "50",
-        "--ack",
-    ]);
+    let out = Load::forward(&target).records(300).batch(50).ack().run();
     assert!(out.status.success(), "loadtest failed");
     // A request that is not msgpack Forward: 0xc1 is a byte msgpack never uses.
     let mut s = TcpStream::connect(agg.listeners["forward"]).expect("connect");
@@ -441,7 +430,7 @@ outputs = ["out"]
 [outputs.out]
 type = "null"
 "#,
-        buffer = toml_str(&dir.path().join("agg-buffer")),
+        buffer = toml_path(&dir.path().join("agg-buffer")),
     );
     let (_a, agg_path) = temp_file("aggregator.toml", &agg_config);
     let agg = Daemon::start(
@@ -487,8 +476,8 @@ flush_interval = "100ms"
 servers = ["{server}"]
 require_ack = true
 "#,
-        glob = toml_str(&logs.join("*.log")),
-        buffer = toml_str(&dir.path().join("fwd-buffer")),
+        glob = toml_path(&logs.join("*.log")),
+        buffer = toml_path(&dir.path().join("fwd-buffer")),
         server = agg.listeners["forward"],
     );
     let (_f, fwd_path) = temp_file("forwarder.toml", &fwd_config);

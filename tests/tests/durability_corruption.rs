@@ -7,7 +7,7 @@
 //! damaged frames skipped and counted, the chunk with the bad header moved to `quarantine/`.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use logferry_common::chunk::format::{ChunkHeader, FrameHeader, FRAME_HEADER_LEN};
 use logferry_common::chunk::{Buffer, BufferOptions};
 use logferry_common::forward::{encode_entry, encode_packed_forward, EventTime};
+use logferry_e2e::chunks::chunk_files;
 use logferry_e2e::{
     aggregator_bin, http_get, metric_value, read_output, unique_id, Aggregator, AggregatorConfig,
 };
@@ -82,16 +83,6 @@ fn frame_payload_offset(bytes: &[u8], index: usize) -> usize {
         offset += FrameHeader::parse(&bytes[offset..]).unwrap().frame_len() as usize;
     }
     offset + FRAME_HEADER_LEN
-}
-
-fn chunk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sealed"))
-        .collect();
-    files.sort();
-    files
 }
 
 fn seqs(chunk: u64, frames: std::ops::Range<u64>) -> impl Iterator<Item = u64> {

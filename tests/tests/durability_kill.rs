@@ -9,8 +9,7 @@
 use std::time::Duration;
 
 use logferry_e2e::{
-    http_get, metric_value, run_loadtest, spawn_loadtest, unique_id, wait_for_records, wait_until,
-    Aggregator,
+    http_get, metric_value, unique_id, wait_for_records, wait_until, Aggregator, Load,
 };
 use serde_json::Value;
 
@@ -24,30 +23,14 @@ const KILLS: u64 = 3;
 fn acked_records_survive_sigkill_mid_stream() {
     let mut agg = Aggregator::start();
     let run_id = unique_id("kill");
-    let lt = spawn_loadtest([
-        "forward",
-        "--target",
-        &agg.target(),
-        "--records",
-        &RECORDS.to_string(),
-        "--batch",
-        &BATCH.to_string(),
-        "--connections",
-        &CONNECTIONS.to_string(),
-        "--window",
-        &WINDOW.to_string(),
-        "--rate",
-        "20000",
-        "--ack",
-        "--retry-for",
-        "90s",
-        "--ack-timeout",
-        "30s",
-        "--run-id",
-        &run_id,
-        "--json",
-        "--quiet",
-    ]);
+    let lt = Load::acked(&agg, RECORDS, &run_id)
+        .batch(BATCH)
+        .connections(CONNECTIONS)
+        .window(WINDOW)
+        .rate(20000)
+        .retry_for("90s")
+        .ack_timeout("30s")
+        .spawn();
 
     // Kill several times, each after a varying number of acks of the new process, so the kills
     // land at different points of the stream (mid-append, mid-fsync, mid-delivery).
@@ -78,16 +61,11 @@ fn acked_records_survive_sigkill_mid_stream() {
     );
 
     wait_for_records(&agg.out_dir, &run_id, RECORDS, Duration::from_secs(120));
-    let out_dir = agg.out_dir.to_string_lossy().into_owned();
-    let out = run_loadtest([
-        "verify",
-        "--run-id",
-        &run_id,
-        &out_dir,
-        "--expect",
-        &RECORDS.to_string(),
-        "--json",
-    ]);
+    let out = Load::verify(&run_id)
+        .output_dir(&agg.out_dir)
+        .expect(RECORDS)
+        .json()
+        .run();
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert!(out.status.success(), "records lost: {report}");
     assert_eq!(report["missing"], 0, "{report}");

@@ -9,8 +9,6 @@
 //! - #5: gzip requests that inflate 1000-fold cost memory bounded by `[ingest] memory_limit`,
 //!   not per connection.
 
-mod security_support;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -19,8 +17,8 @@ use logferry_common::forward::{
     decode_ack, encode_compressed_packed_forward, encode_entry, gzip, EventTime,
 };
 use logferry_common::msgpack;
-use logferry_e2e::{read_output, unique_id, wait_until, Aggregator, AggregatorConfig};
-use security_support::{metric, request, send_acked, tcp, tcp_from};
+use logferry_e2e::client::{request, send_acked, tcp, tcp_from};
+use logferry_e2e::{metric, read_output, unique_id, wait_until, Aggregator, AggregatorConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -6,33 +6,19 @@
 use std::time::Duration;
 
 use logferry_e2e::services::{kafka_create_topic, kafka_seqs, wait_for_es, Service, ServiceKind};
-use logferry_e2e::{run_loadtest, unique_id, Aggregator, AggregatorConfig};
+use logferry_e2e::{unique_id, Aggregator, AggregatorConfig, Load};
 use serde_json::Value;
 
 const N: u64 = 3000;
 
 fn forward(agg: &Aggregator, run_id: &str) {
-    let out = run_loadtest([
-        "forward",
-        "--target",
-        &agg.target(),
-        "--records",
-        &N.to_string(),
-        "--batch",
-        "250",
-        "--ack",
-        "--run-id",
-        run_id,
-        "--json",
-        "--quiet",
-        "--no-timeline",
-    ]);
+    let out = Load::acked(agg, N, run_id).batch(250).no_timeline().run();
     assert!(out.status.success(), "loadtest forward failed");
 }
 
-/// Runs `verify` with `args`; returns the exit code and the JSON report.
-fn verify(args: &[&str]) -> (Option<i32>, Value) {
-    let out = run_loadtest(args);
+/// Runs `verify`; returns the exit code and the JSON report.
+fn verify(load: Load) -> (Option<i32>, Value) {
+    let out = load.run();
     let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "verify printed no JSON ({e}): {}",
@@ -62,10 +48,13 @@ fn verify_reads_elasticsearch() {
     wait_for_es(&es.url(), &pattern, &run_id, N, Duration::from_secs(60));
 
     let url = es.url();
-    let n = N.to_string();
-    let (code, r) = verify(&[
-        "verify", "--run-id", &run_id, "--es", &url, "--index", &pattern, "--expect", &n, "--json",
-    ]);
+    let (code, r) = verify(
+        Load::verify(&run_id)
+            .es(&url)
+            .index(&pattern)
+            .expect(N)
+            .json(),
+    );
     assert_eq!(code, Some(0), "{r}");
     assert_eq!(
         (r["received"].as_u64(), r["missing"].as_u64()),
@@ -79,11 +68,13 @@ fn verify_reads_elasticsearch() {
     );
 
     // 100 more were "sent" than arrived: reported missing, exit 1.
-    let more = (N + 100).to_string();
-    let (code, r) = verify(&[
-        "verify", "--run-id", &run_id, "--es", &url, "--index", &pattern, "--expect", &more,
-        "--json",
-    ]);
+    let (code, r) = verify(
+        Load::verify(&run_id)
+            .es(&url)
+            .index(&pattern)
+            .expect(N + 100)
+            .json(),
+    );
     assert_eq!(code, Some(1), "{r}");
     assert_eq!(r["missing"], 100, "{r}");
     assert_eq!(
@@ -93,16 +84,11 @@ fn verify_reads_elasticsearch() {
     );
 
     // An index pattern that matches nothing is an error, not an empty success.
-    let out = run_loadtest([
-        "verify",
-        "--run-id",
-        &run_id,
-        "--es",
-        &url,
-        "--index",
-        "no-such-index",
-        "--json",
-    ]);
+    let out = Load::verify(&run_id)
+        .es(&url)
+        .index("no-such-index")
+        .json()
+        .run();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -140,12 +126,13 @@ fn kafka_round_trip(format: &str) {
                 .then_some(())
         });
     }
-    let addr = broker.addr();
-    let n = N.to_string();
-    let (code, r) = verify(&[
-        "verify", "--run-id", &run_id, "--kafka", &addr, "--topic", &topic, "--expect", &n,
-        "--json",
-    ]);
+    let (code, r) = verify(
+        Load::verify(&run_id)
+            .kafka(&broker.addr())
+            .topic(&topic)
+            .expect(N)
+            .json(),
+    );
     assert_eq!(code, Some(0), "{r}");
     assert_eq!(
         (r["received"].as_u64(), r["missing"].as_u64()),

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use logferry_e2e::{binary, run_loadtest, unique_id, wait_until, Aggregator};
+use logferry_e2e::{binary, unique_id, wait_until, Aggregator, Load};
 use serde_json::Value;
 
 fn forwarder_bin() -> std::path::PathBuf {
@@ -168,24 +168,15 @@ fn prewritten_docker_logs_arrive_complete() {
         return;
     }
     let run_id = unique_id("pods-docker");
-    let logs = dir.join("logs").to_string_lossy().into_owned();
-    let out = run_loadtest([
-        "pods",
-        "--dir",
-        &logs,
-        "--pods",
-        "4",
-        "--lines",
-        "1500",
-        "--format",
-        "docker",
-        "--long-lines",
-        "0.01",
-        "--run-id",
-        &run_id,
-        "--json",
-        "--quiet",
-    ]);
+    let out = Load::pods(&dir.join("logs"))
+        .pod_count(4)
+        .lines(1500)
+        .format("docker")
+        .long_lines(0.01)
+        .run_id(&run_id)
+        .json()
+        .quiet()
+        .run();
     assert!(out.status.success());
     let summary = dir.join("pods.json");
     std::fs::write(&summary, &out.stdout).unwrap();
@@ -215,11 +206,14 @@ fn live_cri_logs_with_rotation_and_partial_lines_arrive_complete() {
     let run_id = unique_id("pods-cri");
     // Create the pods with one line each (seq 0) and let the forwarder find them: lines in
     // files rotated away before a tailer ever saw them are lost on a real node too.
-    let logs = dir.join("logs").to_string_lossy().into_owned();
-    let out = run_loadtest([
-        "pods", "--dir", &logs, "--pods", "3", "--lines", "1", "--format", "cri", "--run-id",
-        &run_id, "--quiet",
-    ]);
+    let logs = dir.join("logs");
+    let out = Load::pods(&logs)
+        .pod_count(3)
+        .lines(1)
+        .format("cri")
+        .run_id(&run_id)
+        .quiet()
+        .run();
     assert!(out.status.success());
     let _fwd = start_forwarder(&dir, &config);
     let admin = wait_until(
@@ -244,31 +238,19 @@ fn live_cri_logs_with_rotation_and_partial_lines_arrive_complete() {
             (logferry_e2e::metric_value(&m, "logferry_tail_files")? >= 3.0).then_some(())
         },
     );
-    let out = run_loadtest([
-        "pods",
-        "--dir",
-        &logs,
-        "--pods",
-        "3",
-        "--rate",
-        "3000",
-        "--duration",
-        "3s",
-        "--format",
-        "cri",
-        "--rotate-size",
-        "128KiB",
-        "--rotate-keep",
-        "1000",
-        "--long-lines",
-        "0.005",
-        "--first-seq",
-        "1",
-        "--run-id",
-        &run_id,
-        "--json",
-        "--quiet",
-    ]);
+    let out = Load::pods(&logs)
+        .pod_count(3)
+        .rate(3000)
+        .duration("3s")
+        .format("cri")
+        .rotate_size("128KiB")
+        .rotate_keep(1000)
+        .long_lines(0.005)
+        .first_seq(1)
+        .run_id(&run_id)
+        .json()
+        .quiet()
+        .run();
     assert!(out.status.success());
     let summary = dir.join("pods.json");
     std::fs::write(&summary, &out.stdout).unwrap();

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use logferry_e2e::{loadtest_bin, run_loadtest, unique_id, wait_for_records, Aggregator};
+use logferry_e2e::{loadtest_bin, unique_id, wait_for_records, Aggregator, Load};
 use serde_json::Value;
 
 fn json_of(out: &std::process::Output) -> Value {
@@ -25,17 +25,11 @@ fn verify_with_summary(agg: &Aggregator, run_id: &str, summary: &Value) -> Value
     wait_for_records(&agg.out_dir, run_id, n, Duration::from_secs(60));
     let file = agg.dir.path().join(format!("{run_id}.summary.json"));
     std::fs::write(&file, summary.to_string()).unwrap();
-    let out_dir = agg.out_dir.to_string_lossy().into_owned();
-    let file = file.to_string_lossy().into_owned();
-    let out = run_loadtest([
-        "verify",
-        "--run-id",
-        run_id,
-        &out_dir,
-        "--expect-file",
-        &file,
-        "--json",
-    ]);
+    let out = Load::verify(run_id)
+        .output_dir(&agg.out_dir)
+        .expect_file(&file)
+        .json()
+        .run();
     let report = json_of(&out);
     assert!(out.status.success(), "verify failed: {report}");
     assert_eq!(report["missing"], 0, "{report}");
@@ -48,19 +42,13 @@ fn ramp_up_arrives_complete_and_follows_the_schedule() {
     let agg = Aggregator::start();
     let run_id = unique_id("ramp");
     let target = agg.target();
-    let out = run_loadtest([
-        "forward",
-        "--target",
-        &target,
-        "--ramp",
-        "1000:6000:2s",
-        "--batch",
-        "100",
-        "--ack",
-        "--run-id",
-        &run_id,
-        "--json",
-    ]);
+    let out = Load::forward(&target)
+        .ramp("1000:6000:2s")
+        .batch(100)
+        .ack()
+        .run_id(&run_id)
+        .json()
+        .run();
     assert!(out.status.success());
     let s = json_of(&out);
     // The area under the ramp: 2 s averaging 3500/s, to within a batch or two.
@@ -87,26 +75,17 @@ fn timed_runs_of_every_shape_arrive_complete() {
     let agg = Aggregator::start();
     for shape in ["k8s", "k8s-full", "app-json"] {
         let run_id = unique_id(shape);
-        let out = run_loadtest([
-            "forward",
-            "--target",
-            &agg.target(),
-            "--duration",
-            "1s",
-            "--rate",
-            "3000",
-            "--batch",
-            "100",
-            "--connections",
-            "2",
-            "--shape",
-            shape,
-            "--ack",
-            "--gzip",
-            "--run-id",
-            &run_id,
-            "--json",
-        ]);
+        let out = Load::forward(&agg)
+            .duration("1s")
+            .rate(3000)
+            .batch(100)
+            .connections(2)
+            .shape(shape)
+            .ack()
+            .gzip()
+            .run_id(&run_id)
+            .json()
+            .run();
         assert!(out.status.success(), "{shape}");
         let s = json_of(&out);
         let records = s["records"].as_u64().unwrap();
@@ -170,20 +149,14 @@ fn generator_ceiling_against_the_discarding_sink() {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
         .to_string();
-    let out = run_loadtest([
-        "forward",
-        "--target",
-        &addr,
-        "--records",
-        "50000",
-        "--batch",
-        "500",
-        "--ack",
-        "--window",
-        "8",
-        "--json",
-        "--no-timeline",
-    ]);
+    let out = Load::forward(&addr)
+        .records(50000)
+        .batch(500)
+        .ack()
+        .window(8)
+        .json()
+        .no_timeline()
+        .run();
     assert!(out.status.success());
     let s = json_of(&out);
     assert_eq!(s["acked"], 50_000);

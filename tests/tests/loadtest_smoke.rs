@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use logferry_e2e::{metric_value, run_loadtest, unique_id, wait_for_records, Aggregator};
+use logferry_e2e::{metric_value, unique_id, wait_for_records, Aggregator, Load};
 use serde_json::Value;
 
 const RECORDS: u64 = 5000;
@@ -11,27 +11,17 @@ const RECORDS: u64 = 5000;
 fn forward_and_verify(gzip: bool) {
     let agg = Aggregator::start();
     let run_id = unique_id(if gzip { "smoke-gz" } else { "smoke" });
-    let records = RECORDS.to_string();
-    let target = agg.target();
-    let mut args = vec![
-        "forward",
-        "--target",
-        &target,
-        "--records",
-        &records,
-        "--batch",
-        "300",
-        "--connections",
-        "2",
-        "--ack",
-        "--run-id",
-        &run_id,
-        "--json",
-    ];
+    let mut load = Load::forward(&agg)
+        .records(RECORDS)
+        .batch(300)
+        .connections(2)
+        .ack()
+        .run_id(&run_id)
+        .json();
     if gzip {
-        args.push("--gzip");
+        load = load.gzip();
     }
-    let out = run_loadtest(&args);
+    let out = load.run();
     assert!(out.status.success(), "loadtest forward failed");
     let summary: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
     assert_eq!(summary["ok"], true);
@@ -47,10 +37,11 @@ fn forward_and_verify(gzip: bool) {
         "duplicates without any fault: {count:?}"
     );
 
-    let out_dir = agg.out_dir.to_string_lossy().into_owned();
-    let out = run_loadtest([
-        "verify", "--run-id", &run_id, &out_dir, "--expect", &records, "--json",
-    ]);
+    let out = Load::verify(&run_id)
+        .output_dir(&agg.out_dir)
+        .expect(RECORDS)
+        .json()
+        .run();
     assert!(out.status.success(), "loadtest verify failed");
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["missing"], 0, "{report}");
@@ -86,25 +77,20 @@ fn acked_gzip_packed_forward_arrives_complete() {
 fn verify_reports_missing_records() {
     let agg = Aggregator::start();
     let run_id = unique_id("short");
-    let out = run_loadtest([
-        "forward",
-        "--target",
-        &agg.target(),
-        "--records",
-        "100",
-        "--batch",
-        "10",
-        "--ack",
-        "--run-id",
-        &run_id,
-        "--json",
-    ]);
+    let out = Load::forward(&agg)
+        .records(100)
+        .batch(10)
+        .ack()
+        .run_id(&run_id)
+        .json()
+        .run();
     assert!(out.status.success());
     wait_for_records(&agg.out_dir, &run_id, 100, Duration::from_secs(60));
-    let out_dir = agg.out_dir.to_string_lossy().into_owned();
-    let out = run_loadtest([
-        "verify", "--run-id", &run_id, &out_dir, "--expect", "150", "--json",
-    ]);
+    let out = Load::verify(&run_id)
+        .output_dir(&agg.out_dir)
+        .expect(150)
+        .json()
+        .run();
     assert_eq!(out.status.code(), Some(1), "50 records are missing");
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["missing"], 50);
@@ -115,19 +101,13 @@ fn verify_reports_missing_records() {
 fn graceful_shutdown_after_acked_load_exits_zero() {
     let mut agg = Aggregator::start();
     let run_id = unique_id("term");
-    let out = run_loadtest([
-        "forward",
-        "--target",
-        &agg.target(),
-        "--records",
-        "2000",
-        "--batch",
-        "200",
-        "--ack",
-        "--run-id",
-        &run_id,
-        "--quiet",
-    ]);
+    let out = Load::forward(&agg)
+        .records(2000)
+        .batch(200)
+        .ack()
+        .run_id(&run_id)
+        .quiet()
+        .run();
     assert!(out.status.success());
     let status = agg.stop(Duration::from_secs(30));
     assert!(status.success(), "SIGTERM exit status {status}");

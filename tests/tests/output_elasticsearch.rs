@@ -9,8 +9,6 @@
 //! `es_rejected_execution_exception` for them, merged into noida-db's real answer for the
 //! others; the mapping errors are noida-db's own (`document_parsing_exception`).
 
-mod output_common;
-
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -20,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use logferry_e2e::services::{es_seqs, http_request, wait_for_es, Service, ServiceKind};
 use logferry_e2e::{
-    aggregator_bin, http_get, metric_value, run_checked, run_loadtest, spawn_loadtest, unique_id,
-    wait_until, Aggregator, AggregatorConfig,
+    aggregator_bin, http_get, metric_value, run_checked, unique_id, wait_until, Aggregator,
+    AggregatorConfig, Load,
 };
 use serde_json::{json, Value};
 
@@ -58,22 +56,10 @@ fn every_acked_record_arrives_once() {
             Value::String(template_file.display().to_string())
         ),
     ));
-    let out = run_loadtest([
-        "forward",
-        "--target",
-        &agg.target(),
-        "--records",
-        &N.to_string(),
-        "--batch",
-        "250",
-        "--ack",
-        "--run-id",
-        &run_id,
-        "--tag",
-        "kube.app",
-        "--json",
-        "--quiet",
-    ]);
+    let out = Load::acked(&agg, N, &run_id)
+        .batch(250)
+        .tag("kube.app")
+        .run();
     assert!(out.status.success(), "loadtest failed");
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["acked"], N, "{summary}");
@@ -154,24 +140,11 @@ fn outage_and_restart_lose_nothing_and_duplicate_nothing() {
         &index,
         "bulk_max_records = 500\nrequest_timeout = \"5s\"\nunready_after = \"1s\"",
     ));
-    let sender = spawn_loadtest([
-        "forward",
-        "--target",
-        &agg.target(),
-        "--records",
-        &N.to_string(),
-        "--batch",
-        "100",
-        "--rate",
-        "1500",
-        "--ack",
-        "--ack-timeout",
-        "60s",
-        "--run-id",
-        &run_id,
-        "--json",
-        "--quiet",
-    ]);
+    let sender = Load::acked(&agg, N, &run_id)
+        .batch(100)
+        .rate(1500)
+        .ack_timeout("60s")
+        .spawn();
     // Some records arrive, then Elasticsearch goes away for longer than several retry
     // intervals (100ms doubling to 500ms) while records keep coming.
     wait_until(
@@ -406,7 +379,7 @@ fn partial_failure_retries_429s_and_dead_letters_mapping_errors_then_replays() {
         })
         .collect();
     let bad: Vec<u64> = (0..N).filter(|i| i % 10 == 3).collect();
-    output_common::send_acked(&agg.target(), "app.partial", &records, 100);
+    logferry_e2e::client::send_json_acked(&agg.target(), "app.partial", &records, 100);
 
     // Every good record arrives, the 429 ones through retries.
     let good = N - bad.len() as u64;
@@ -525,22 +498,7 @@ fn a_dead_output_does_not_hold_back_a_healthy_one() {
     );
     let mut agg = Aggregator::start_with(config);
     let started = Instant::now();
-    let out = run_loadtest([
-        "forward",
-        "--target",
-        &agg.target(),
-        "--records",
-        &N.to_string(),
-        "--batch",
-        "200",
-        "--rate",
-        "2000",
-        "--ack",
-        "--run-id",
-        &run_id,
-        "--json",
-        "--quiet",
-    ]);
+    let out = Load::acked(&agg, N, &run_id).batch(200).rate(2000).run();
     assert!(
         out.status.success(),
         "loadtest failed: the dead output blocked the sender"

@@ -2,12 +2,10 @@
 //! whose tag is too long for a file name neither stalls the output nor drags the other records
 //! of its chunk into dead letters (audit #4, experiment e2).
 
-mod security_support;
-
 use std::time::Duration;
 
+use logferry_e2e::client::{request, tcp};
 use logferry_e2e::{metric_value, read_output, wait_for_records, Aggregator, AggregatorConfig};
-use security_support::{request, tcp};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

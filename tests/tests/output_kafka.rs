@@ -9,14 +9,12 @@
 //! Records are read back with an rdkafka consumer using `assign()` from the beginning of every
 //! partition (no consumer-group join delay), and counted by `seq`.
 
-mod output_common;
-
 use std::time::Duration;
 
 use logferry_e2e::services::{kafka_create_topic, kafka_seqs, Service, ServiceKind};
 use logferry_e2e::{
-    aggregator_bin, metric_value, run_checked, run_loadtest, spawn_loadtest, unique_id, wait_until,
-    Aggregator, AggregatorConfig,
+    aggregator_bin, metric_value, run_checked, unique_id, wait_until, Aggregator, AggregatorConfig,
+    Load,
 };
 use serde_json::{json, Value};
 
@@ -48,24 +46,11 @@ fn every_acked_record_arrives_with_topic_and_key_from_the_record() {
             run_id.replace(['-'], "_")
         ),
     ));
-    let out = run_loadtest([
-        "forward",
-        "--target",
-        &agg.target(),
-        "--records",
-        &N.to_string(),
-        "--batch",
-        "250",
-        "--connections",
-        "2",
-        "--ack",
-        "--run-id",
-        &run_id,
-        "--tag",
-        "kube.app",
-        "--json",
-        "--quiet",
-    ]);
+    let out = Load::acked(&agg, N, &run_id)
+        .batch(250)
+        .connections(2)
+        .tag("kube.app")
+        .run();
     assert!(out.status.success(), "loadtest failed");
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["acked"], N, "{summary}");
@@ -159,7 +144,7 @@ fn oversize_records_go_to_dead_letters_without_blocking_the_rest() {
             json!({"seq": i, "run_id": run_id, "log": log})
         })
         .collect();
-    output_common::send_acked(&agg.target(), "app.big", &records, 20);
+    logferry_e2e::client::send_json_acked(&agg.target(), "app.big", &records, 20);
     let big: Vec<u64> = (0..N).filter(|i| i % 25 == 7).collect();
     let expected: Vec<u64> = (0..N).filter(|i| i % 25 != 7).collect();
     let got = wait_until("the small records", Duration::from_secs(30), || {
@@ -210,24 +195,11 @@ fn broker_outage_and_restart_lose_nothing() {
         &broker.addr(),
         &format!("topic = \"{topic}\"\ndelivery_timeout = \"3s\"\nlibrdkafka = {{ \"reconnect.backoff.max.ms\" = \"500\" }}"),
     ));
-    let sender = spawn_loadtest([
-        "forward",
-        "--target",
-        &agg.target(),
-        "--records",
-        &N.to_string(),
-        "--batch",
-        "100",
-        "--rate",
-        "1500",
-        "--ack",
-        "--ack-timeout",
-        "60s",
-        "--run-id",
-        &run_id,
-        "--json",
-        "--quiet",
-    ]);
+    let sender = Load::acked(&agg, N, &run_id)
+        .batch(100)
+        .rate(1500)
+        .ack_timeout("60s")
+        .spawn();
     wait_until("first records delivered", Duration::from_secs(30), || {
         (metric_value(
             &agg.metrics(),

@@ -14,8 +14,6 @@
 //! service rule) so the dead-letter path can be shown. It also serves the GCE metadata paths
 //! the output asks for its project and cluster, and can answer 503 to simulate an outage.
 
-mod output_common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,9 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use logferry_e2e::{
-    metric_value, run_loadtest, unique_id, wait_until, Aggregator, AggregatorConfig,
-};
+use logferry_e2e::{metric_value, unique_id, wait_until, Aggregator, AggregatorConfig, Load};
 use serde_json::{json, Value};
 
 /// What the double saw.
@@ -333,22 +329,10 @@ fn entries_arrive_mapped_and_valid_through_an_outage() {
     // The first requests fail with 503 (UNAVAILABLE): the output retries them.
     double.fail_next.store(4, Ordering::Relaxed);
     let mut agg = Aggregator::start_with(gcl_output(&double, "max_entries_per_request = 500"));
-    let out = run_loadtest([
-        "forward",
-        "--target",
-        &agg.target(),
-        "--records",
-        &N.to_string(),
-        "--batch",
-        "250",
-        "--ack",
-        "--run-id",
-        &run_id,
-        "--tag",
-        "kube.app",
-        "--json",
-        "--quiet",
-    ]);
+    let out = Load::acked(&agg, N, &run_id)
+        .batch(250)
+        .tag("kube.app")
+        .run();
     assert!(out.status.success(), "loadtest failed");
     let seen = Arc::clone(&double.seen);
     wait_until("every entry at the double", Duration::from_secs(60), || {
@@ -436,7 +420,7 @@ fn entries_the_api_refuses_go_to_dead_letters() {
             r
         })
         .collect();
-    output_common::send_acked(&agg.target(), "app.events", &records, 30);
+    logferry_e2e::client::send_json_acked(&agg.target(), "app.events", &records, 30);
     let bad = (0..N).filter(|i| i % 20 == 5).count() as f64;
     wait_until("dead letters", Duration::from_secs(30), || {
         (metric_value(

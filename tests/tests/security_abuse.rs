@@ -6,15 +6,13 @@
 //! Shown: the aggregator stays up, every hostile connection is closed and counted, peak RSS
 //! (`VmHWM`, printed) stays bounded, and the well-behaved client keeps its throughput.
 
-mod security_support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use logferry_common::forward::{encode_compressed_packed_forward, encode_entry, gzip, EventTime};
 use logferry_common::msgpack;
-use logferry_e2e::{run_loadtest, unique_id, wait_until, Aggregator, AggregatorConfig};
-use security_support::{closed_within, metric, send_acked, tcp, tcp_from};
+use logferry_e2e::client::{closed_within, send_acked, tcp, tcp_from};
+use logferry_e2e::{metric, unique_id, wait_until, Aggregator, AggregatorConfig, Load};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -24,21 +22,10 @@ const RECORDS: u64 = 200_000;
 /// Runs `logferry-loadtest forward --ack` and returns its records per second.
 fn loadtest(target: SocketAddr) -> f64 {
     let run_id = unique_id("abuse-lt");
-    let out = run_loadtest([
-        "forward",
-        "--target",
-        &target.to_string(),
-        "--records",
-        &RECORDS.to_string(),
-        "--batch",
-        "1000",
-        "--ack",
-        "--run-id",
-        &run_id,
-        "--json",
-        "--quiet",
-        "--no-timeline",
-    ]);
+    let out = Load::acked(&target, RECORDS, &run_id)
+        .batch(1000)
+        .no_timeline()
+        .run();
     assert!(out.status.success(), "loadtest failed");
     let summary: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
     assert_eq!(summary["acked"], RECORDS, "{summary}");

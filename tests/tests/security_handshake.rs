@@ -8,20 +8,16 @@
 //! `logferry_forward_closed_connections_total{reason}`), log no secret, and leave an
 //! authenticated connection opened before it working.
 
-mod security_support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use logferry_common::forward::session::MAX_HANDSHAKE_BYTES;
 use logferry_common::msgpack;
+use logferry_e2e::client::{auth, closed_within, read_helo, request, send_acked, tcp, tcp_from};
 use logferry_e2e::{
-    assert_expected_records, external_tool, fixture, run_checked, unique_id, wait_for_lines,
-    wait_for_records, wait_until, Aggregator, AggregatorConfig,
-};
-use security_support::{
-    auth, closed_within, metric, read_helo, request, send_acked, tcp, tcp_from,
+    assert_expected_records, external_tool, fixture, metric, run_checked, unique_id,
+    wait_for_lines, wait_for_records, wait_until, Aggregator, AggregatorConfig,
 };
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;

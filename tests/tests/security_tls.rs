@@ -12,17 +12,16 @@
 //! SIGHUP and the file watch, with established connections unaffected; `[[server]]` serving a
 //! plain and a TLS listener at once; `validate` warning about an exposed listener.
 
-mod security_support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use logferry_e2e::client::{auth, closed_within, send_acked, tcp, tls_over};
 use logferry_e2e::{
-    aggregator_bin, assert_expected_records, external_tool, fixture, run_checked, toml_path,
-    unique_id, wait_for_lines, wait_for_records, wait_until, Aggregator, AggregatorConfig, TestPki,
+    aggregator_bin, assert_expected_records, external_tool, fixture, metric, run_checked,
+    toml_path, unique_id, wait_for_lines, wait_for_records, wait_until, Aggregator,
+    AggregatorConfig, TestPki,
 };
-use security_support::{auth, closed_within, metric, send_acked, tcp, tls_over};
 use serde_json::{json, Value};
 
 const KEY: &str = "tls-shared-key";
@@ -595,9 +594,12 @@ shared_key = "{KEY}"
     send_acked(&mut secure, &run, 10, 10).await.unwrap();
     // Plain bytes on the external port do not get in; TLS without the handshake neither.
     let mut s = tcp(outside).await;
-    tokio::io::AsyncWriteExt::write_all(&mut s, &security_support::request("x", &run, 99, 1, "x"))
-        .await
-        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        &logferry_e2e::client::request("x", &run, 99, 1, "x"),
+    )
+    .await
+    .unwrap();
     closed_within(&mut s, Duration::from_secs(5)).await.unwrap();
     let mut s = tls_over(tcp(outside).await, &pki.ca(), None).await.unwrap();
     assert!(send_acked(&mut s, &run, 99, 1).await.is_err());

@@ -1,8 +1,11 @@
-//! Shared by the `security_*.rs` tests: a small Forward client built on logferry-common's
-//! client API (`tls::client_config`, `tls::connect`, `forward::client_session::handshake`), the
-//! same code the forwarder and `logferry-loadtest` use, plus helpers to watch a connection get
-//! closed and to read metrics.
-#![allow(dead_code)] // each test file uses a subset
+//! A small Forward client for hand-made requests, built on logferry-common's client API
+//! (`tls::client_config`, `tls::connect`, `forward::client_session::handshake`), the same code
+//! the forwarder and `logferry-loadtest` use: connections from chosen source addresses, TLS,
+//! the shared-key handshake, PackedForward requests with acks, and watching a connection get
+//! closed. The load generator's records all have one shape; these helpers send what a test
+//! needs (records a sink refuses, requests a listener must refuse).
+//!
+//! Async (tokio) except [`send_json_acked`], which blocks.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -15,7 +18,7 @@ use logferry_common::forward::client_session::{
 use logferry_common::forward::{decode_ack, encode_entry, encode_packed_forward, EventTime};
 use logferry_common::msgpack;
 use logferry_common::tls::{self, tokio_rustls::client::TlsStream};
-use logferry_e2e::{metric_value, Aggregator};
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -148,11 +151,6 @@ pub async fn closed_within<S: AsyncRead + Unpin>(
     }
 }
 
-/// A metric's value (0 when absent).
-pub fn metric(agg: &Aggregator, name: &str) -> f64 {
-    metric_value(&agg.metrics(), name).unwrap_or(0.0)
-}
-
 /// Reads the server's HELO (a plain connection to a listener with auth).
 pub async fn read_helo<S: AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
     let mut buf = BytesMut::new();
@@ -169,4 +167,74 @@ pub async fn read_helo<S: AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
     })
     .await
     .expect("HELO within 10s")
+}
+
+/// Encodes a JSON object as a msgpack map (integers stay integers).
+fn msgpack_map(v: &Value) -> Vec<u8> {
+    fn enc(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::Null => rmp::encode::write_nil(out).unwrap(),
+            Value::Bool(b) => rmp::encode::write_bool(out, *b).unwrap(),
+            Value::Number(n) => {
+                if let Some(u) = n.as_u64() {
+                    rmp::encode::write_uint(out, u).unwrap();
+                } else if let Some(i) = n.as_i64() {
+                    rmp::encode::write_sint(out, i).unwrap();
+                } else {
+                    rmp::encode::write_f64(out, n.as_f64().unwrap()).unwrap();
+                }
+            }
+            Value::String(s) => rmp::encode::write_str(out, s).unwrap(),
+            Value::Array(a) => {
+                rmp::encode::write_array_len(out, a.len() as u32).unwrap();
+                for x in a {
+                    enc(x, out);
+                }
+            }
+            Value::Object(m) => {
+                rmp::encode::write_map_len(out, m.len() as u32).unwrap();
+                for (k, x) in m {
+                    rmp::encode::write_str(out, k).unwrap();
+                    enc(x, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    enc(v, &mut out);
+    out
+}
+
+/// Sends JSON `records` with `tag` in PackedForward requests of `batch` records, each with a
+/// chunk id, and waits for every ack (blocking). Panics on any failure.
+pub fn send_json_acked(addr: &str, tag: &str, records: &[Value], batch: usize) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the aggregator");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let base = EventTime::now();
+    for (b, group) in records.chunks(batch.max(1)).enumerate() {
+        let mut entries = Vec::new();
+        for (i, r) in group.iter().enumerate() {
+            let t = EventTime::from_unix_nanos(base.unix_nanos() + (b * batch + i) as u64);
+            encode_entry(t, &msgpack_map(r), &mut entries);
+        }
+        let chunk = format!(
+            "{:032x}",
+            (std::process::id() as u128) << 64 | (base.unix_nanos() as u128 + b as u128)
+        );
+        let mut req = Vec::new();
+        encode_packed_forward(tag, &entries, group.len() as u32, Some(&chunk), &mut req);
+        std::io::Write::write_all(&mut s, &req).expect("send");
+        let mut buf = BytesMut::new();
+        loop {
+            if let Some(ack) = decode_ack(&mut buf).expect("ack decodes") {
+                let id = logferry_common::forward::ack::chunk_id_bytes(&ack);
+                assert_eq!(id, Some(chunk.as_bytes()), "ack for another chunk");
+                break;
+            }
+            let mut tmp = [0u8; 4096];
+            let n = std::io::Read::read(&mut s, &mut tmp).expect("read ack");
+            assert!(n > 0, "aggregator closed the connection before acking");
+            buf.extend_from_slice(&tmp[..n]);
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! Shared helpers of the deploy tests (`tests/tests/deploy_*.rs`): rendering the kustomize
+//! Helpers of the deploy tests (`tests/tests/deploy_*.rs`): rendering the kustomize
 //! overlays with the real `kubectl kustomize`, turning YAML/TOML/PromQL into JSON facts with
 //! `deploy/tools/k8s_facts.py` (PyYAML, tomllib and promql-parser in the test venv), and
 //! reading Kubernetes objects (pod specs, ports, mounts, env, quantities).
@@ -6,8 +6,6 @@
 //! External tools: `kubectl` on PATH and the Python venv of scripts/test.sh
 //! (`LOGFERRY_PYTHON`, with kubernetes-validate, checkov and hadolint next to it). Like every
 //! e2e test, a test skips with a message when a tool is missing outside CI and fails in CI.
-
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -17,6 +15,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::aggregator::listening_line;
 
 /// The overlays users apply, in `deploy/overlays/`.
 pub const OVERLAYS: [&str; 3] = ["cluster", "aggregator-only", "kafka"];
@@ -28,7 +28,7 @@ pub const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 
 /// `deploy/` of the workspace.
 pub fn deploy_dir() -> PathBuf {
-    logferry_e2e::workspace_root().join("deploy")
+    crate::build::workspace_root().join("deploy")
 }
 
 /// The Python venv's tools.
@@ -57,7 +57,7 @@ impl Tools {
 
 /// The tools, or `None` (test skipped) outside CI when something is missing.
 pub fn tools() -> Option<Tools> {
-    let python = PathBuf::from(logferry_e2e::external_tool("LOGFERRY_PYTHON")?);
+    let python = PathBuf::from(crate::build::external_tool("LOGFERRY_PYTHON")?);
     let bin = python
         .parent()
         .expect("LOGFERRY_PYTHON is a file in the venv's bin/")
@@ -190,7 +190,7 @@ pub fn render(tools: &Tools, path: &str) -> String {
 }
 
 /// Runs `deploy/tools/k8s_facts.py ARGS` and parses its JSON output.
-pub fn facts(tools: &Tools, args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Value {
+fn facts(tools: &Tools, args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Value {
     let out = run(
         Command::new(&tools.python)
             .arg(deploy_dir().join("tools").join("k8s_facts.py"))
@@ -705,7 +705,7 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             for line in daemon.logs() {
-                if let Some((name, addr)) = listening(&line) {
+                if let Some((name, addr)) = listening_line(&line) {
                     daemon.listeners.insert(name, addr);
                 }
             }
@@ -752,22 +752,4 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
-}
-
-/// `(listener, addr)` of a `listening` JSON log line.
-fn listening(line: &str) -> Option<(String, std::net::SocketAddr)> {
-    let v: Value = serde_json::from_str(line).ok()?;
-    let fields = v.get("fields")?;
-    if fields.get("message")?.as_str()? != "listening" {
-        return None;
-    }
-    Some((
-        fields.get("listener")?.as_str()?.to_owned(),
-        fields.get("addr").and_then(Value::as_str)?.parse().ok()?,
-    ))
-}
-
-/// A TOML string literal (for paths in generated configs).
-pub fn toml_str(p: &Path) -> String {
-    Value::String(p.display().to_string()).to_string()
 }
