@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::{Arc, Mutex};
 
+use logferry_common::chunk::create_dir_all_durable;
 use logferry_common::msgpack::write_json;
 use sha2::{Digest, Sha256};
 
@@ -182,27 +183,10 @@ impl FileOutput {
         if self.ready {
             return Ok(());
         }
-        let dir = &self.dir;
-        let mut missing = Vec::new();
-        let mut probe = dir.as_path();
-        while !probe.as_os_str().is_empty() && std::fs::symlink_metadata(probe).is_err() {
-            missing.push(probe.to_owned());
-            match probe.parent() {
-                Some(parent) => probe = parent,
-                None => break,
-            }
-        }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| OutputError::io(&format!("cannot create {}", dir.display()), e))?;
-        for created in &missing {
-            let parent = match created.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            sync_dir(parent)
-                .map_err(|e| OutputError::io(&format!("cannot fsync {}", parent.display()), e))?;
-            self.dir_syncs += 1;
-        }
+        let created = create_dir_all_durable(&self.dir).map_err(|e| {
+            OutputError::io(&format!("cannot create {} durably", self.dir.display()), e)
+        })?;
+        self.dir_syncs += created as u64;
         self.ready = true;
         Ok(())
     }

@@ -18,7 +18,8 @@
 //!   recovery finds the same state. A directory recovery creates (the buffer's, any missing
 //!   ancestor, `quarantine/`) is made durable in its parent ([`create_dir_all_durable`]).
 //! - **Sequence numbers continue after the highest one seen**, including quarantined files, so
-//!   a number is never reused and quarantine names never collide with new chunks.
+//!   no number still on disk is reused and quarantine names never collide with new chunks (an
+//!   emptied buffer starts again at 1; see invariant 5).
 //! - **Never panics**, whatever the bytes; every parser used is in [`format`](mod@format)(super::format).
 //!
 //! Frame lengths are bounded by the format's own limit ([`format::MAX_FRAME_PAYLOAD`]) and by the
@@ -350,12 +351,13 @@ fn truncate(path: &Path, len: u64) -> Result<(), ChunkError> {
 /// directory whose own name was lost is lost with it. An existing directory costs no sync.
 ///
 /// Use it for every directory that will hold durable data (buffer roots, buffer directories,
-/// `quarantine/`, dead letters).
+/// `quarantine/`, dead letters, the file output's directory). Returns how many directories it
+/// created, which is how many parents it fsync'd.
 ///
 /// # Errors
 /// A directory cannot be created (or something else than a directory is in the way), or a
 /// parent cannot be fsync'd.
-pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
+pub fn create_dir_all_durable(dir: &Path) -> io::Result<usize> {
     let mut missing = Vec::new();
     let mut probe = dir;
     while !probe.as_os_str().is_empty() && !probe.is_dir() {
@@ -365,6 +367,7 @@ pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
             None => break,
         }
     }
+    let created_count = missing.len();
     for created in missing.into_iter().rev() {
         match fs::create_dir(created) {
             Ok(()) => {}
@@ -378,7 +381,7 @@ pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
             .unwrap_or(Path::new("."));
         fsync_dir(parent)?;
     }
-    Ok(())
+    Ok(created_count)
 }
 
 /// fsyncs a directory, making the creations, renames and deletions in it durable.

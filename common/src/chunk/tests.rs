@@ -279,7 +279,7 @@ fn create_dir_all_durable_syncs_the_parent_of_each_created_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("a/b/c");
     take_synced_dirs();
-    create_dir_all_durable(&dir).unwrap();
+    assert_eq!(create_dir_all_durable(&dir).unwrap(), 3);
     assert!(dir.is_dir());
     assert_eq!(
         take_synced_dirs(),
@@ -290,9 +290,9 @@ fn create_dir_all_durable_syncs_the_parent_of_each_created_directory() {
         ]
     );
     // Only what is missing is created (and its parent synced).
-    create_dir_all_durable(&dir.join("d")).unwrap();
+    assert_eq!(create_dir_all_durable(&dir.join("d")).unwrap(), 1);
     assert_eq!(take_synced_dirs(), vec![dir.clone()]);
-    create_dir_all_durable(&dir).unwrap();
+    assert_eq!(create_dir_all_durable(&dir).unwrap(), 0);
     assert_eq!(take_synced_dirs(), Vec::<std::path::PathBuf>::new());
     // A file in the way is an error, not a success.
     let file = tmp.path().join("file");
