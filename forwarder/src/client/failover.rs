@@ -56,7 +56,7 @@ pub async fn run_slot(
                         return;
                     };
                     match set_up {
-                        Ok(stream) => Ok(serve(stream, &shared, addr, &stop).await),
+                        Ok(stream) => Ok(serve(stream, &shared, &stop).await),
                         Err(e) => Err(e),
                     }
                 } else {
@@ -65,7 +65,7 @@ pub async fn run_slot(
                         return;
                     };
                     match set_up {
-                        Ok(stream) => Ok(serve(stream, &shared, addr, &stop).await),
+                        Ok(stream) => Ok(serve(stream, &shared, &stop).await),
                         Err(e) => Err(e),
                     }
                 };
@@ -79,7 +79,7 @@ pub async fn run_slot(
                         telemetry::OUTPUT_ERRORS
                             .with_label_values(&[OUTPUT_LABEL, e.kind()])
                             .inc();
-                        tracing::warn!(%addr, %host, error = %e, "cannot set up the aggregator connection");
+                        tracing::warn!(error = %e, "cannot set up the aggregator connection");
                     }
                 }
             }
@@ -87,13 +87,13 @@ pub async fn run_slot(
                 telemetry::OUTPUT_ERRORS
                     .with_label_values(&[OUTPUT_LABEL, "connect"])
                     .inc();
-                tracing::debug!(%addr, error = %e, "cannot connect to aggregator");
+                tracing::debug!(error = %e, "cannot connect to aggregator");
             }
             Err(_) => {
                 telemetry::OUTPUT_ERRORS
                     .with_label_values(&[OUTPUT_LABEL, "connect_timeout"])
                     .inc();
-                tracing::debug!(%addr, "connect timed out");
+                tracing::debug!("connect timed out");
             }
         }
         let wait = backoff.next_wait().max(Duration::from_millis(50));
@@ -129,11 +129,11 @@ enum Served {
 }
 
 /// Serves one set-up connection, counting it while it lives.
-async fn serve<S>(stream: S, shared: &Shared, addr: SocketAddr, stop: &CancellationToken) -> Served
+async fn serve<S>(stream: S, shared: &Shared, stop: &CancellationToken) -> Served
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    tracing::info!(%addr, "connected to aggregator");
+    tracing::info!("connected to aggregator");
     metrics::SERVERS_UP.inc();
     telemetry::FORWARD_CONNECTIONS.inc();
     let started = std::time::Instant::now();
@@ -141,13 +141,13 @@ where
     metrics::SERVERS_UP.dec();
     telemetry::FORWARD_CONNECTIONS.dec();
     if matches!(end, connection::ConnectionError::Stopped) {
-        tracing::debug!(%addr, completed, "connection closed");
+        tracing::debug!(completed, "connection closed");
         return Served::Stopped;
     }
     telemetry::OUTPUT_ERRORS
         .with_label_values(&[OUTPUT_LABEL, end.kind()])
         .inc();
-    tracing::warn!(%addr, error = %end, completed, "aggregator connection failed; its requests go to the other aggregators");
+    tracing::warn!(error = %end, completed, "aggregator connection failed; its requests go to the other aggregators");
     Served::Failed {
         healthy: started.elapsed() >= HEALTHY_AFTER || completed > 0,
     }

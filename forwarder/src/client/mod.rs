@@ -32,6 +32,7 @@ use logferry_common::chunk::{Buffer, ChunkError, SealedChunk, SealedReceiver};
 use logferry_common::telemetry;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use logferry_common::tls::TlsError;
 use secure::Security;
@@ -414,12 +415,11 @@ async fn manage_endpoints(shared: Arc<Shared>, soft_stop: CancellationToken) {
                 tracing::info!(%addr, "new aggregator address");
             }
             let stop = CancellationToken::new();
-            let task = tokio::spawn(failover::run_slot(
-                Arc::clone(&shared),
-                addr,
-                host,
-                stop.clone(),
-            ));
+            // Every line a slot logs carries the aggregator's address and host name.
+            let span = tracing::info_span!("aggregator", %addr, %host);
+            let task = tokio::spawn(
+                failover::run_slot(Arc::clone(&shared), addr, host, stop.clone()).instrument(span),
+            );
             slots.insert(addr, (stop, task));
         }
         first = false;
