@@ -41,8 +41,11 @@
 //!    `.sealed` file is never written again, except that recovery truncates a torn tail.
 //! 4. Recovery never removes an acknowledged frame: acknowledged frames are complete and pass
 //!    their CRC, and a region is treated as a torn tail only when no valid frame follows it.
-//! 5. Sequence numbers are strictly increasing per buffer and never reused, including the
-//!    numbers of quarantined files.
+//! 5. Sequence numbers are strictly increasing per buffer and never reused while any file of
+//!    the buffer holds them, quarantined files included: recovery continues after the highest
+//!    number it finds. A buffer that was emptied (every chunk released) starts again at 1 when
+//!    reopened, so what must be unique across restarts pairs the number with the chunk's
+//!    creation time (the record ids of the outputs do).
 //! 6. A chunk's bytes leave the accounting exactly once: when its entry is taken out of the
 //!    in-memory ledger, by [`Buffer::release`], [`Buffer::quarantine`] or `drop_oldest_chunk`,
 //!    whichever comes first.
