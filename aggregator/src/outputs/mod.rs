@@ -16,7 +16,8 @@
 //! - [`worker`]: the delivery loop of one output (read, send, retry, dead letters, quarantine).
 //! - [`health`]: whether an output is failing, for `/readyz` and the metrics.
 //! - [`dead_letter`]: the dead-letter files and `dead-letter replay`.
-//! - [`record`], [`template`]: records as the sinks see them; index and topic templates.
+//! - [`record`](crate::record), [`template`](crate::template) (top-level, as the config uses them
+//!   too): records as the sinks see them; index and topic templates.
 //! - One module per sink: [`file`](mod@file), [`null`], `elasticsearch`, `kafka`,
 //!   `stackdriver` (the last three behind the cargo features of the same names).
 //!
