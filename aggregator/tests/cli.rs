@@ -5,16 +5,34 @@
 
 use std::process::Command;
 
-fn aggregator() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_logferry-aggregator"))
+/// What `logferry-aggregator <args> --config <file holding text>` did.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn with_config(args: &[&str], text: &str) -> Ran {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_logferry-aggregator"))
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    Ran {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 #[test]
 fn validate_lists_every_error_and_exits_78() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
+    let ran = with_config(
+        &["validate"],
         r#"
 [server]
 listen = "not an address"
@@ -28,16 +46,9 @@ outputs = ["nowhere"]
 type = "file"
 path = "/tmp/x"
 "#,
-    )
-    .unwrap();
-    let out = aggregator()
-        .arg("validate")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    );
+    let stderr = ran.stderr;
+    assert_eq!(ran.code, Some(78), "{stderr}");
     for key in [
         "server.listen",
         "server.max_connections",
@@ -52,21 +63,12 @@ path = "/tmp/x"
 
 #[test]
 fn validate_reports_syntax_errors_with_a_line_and_exits_78() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("typo.toml");
-    std::fs::write(
-        &path,
+    let ran = with_config(
+        &["validate"],
         "[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n",
-    )
-    .unwrap();
-    let out = aggregator()
-        .arg("validate")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    );
+    let stderr = ran.stderr;
+    assert_eq!(ran.code, Some(78), "{stderr}");
     assert!(
         stderr.contains("listen_port") && stderr.contains("line 3"),
         "{stderr}"
@@ -75,50 +77,28 @@ fn validate_reports_syntax_errors_with_a_line_and_exits_78() {
 
 #[test]
 fn validate_accepts_a_valid_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("good.toml");
-    let out_dir = dir.path().join("out");
-    std::fs::write(
-        &path,
-        format!(
+    let out_dir = tempfile::tempdir().unwrap();
+    let ran = with_config(
+        &["validate", "--check-outputs"],
+        &format!(
             "[[route]]\nmatch = \"**\"\noutputs = [\"f\"]\n[outputs.f]\ntype = \"file\"\npath = {:?}\n",
-            out_dir.display().to_string()
+            out_dir.path().join("out").display().to_string()
         ),
-    )
-    .unwrap();
-    let out = aggregator()
-        .args(["validate", "--check-outputs", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
     );
+    let stdout = ran.stdout;
+    assert_eq!(ran.code, Some(0), "{stdout}{}", ran.stderr);
     assert!(stdout.contains("output f: ok"), "{stdout}");
 }
 
 #[test]
 fn run_with_an_invalid_config_exits_78_like_validate() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
     // Parses, but the route names an output that does not exist.
-    std::fs::write(
-        &path,
+    let ran = with_config(
+        &["run"],
         "[[route]]\nmatch = \"**\"\noutputs = [\"nowhere\"]\n[outputs.out]\ntype = \"null\"\n",
-    )
-    .unwrap();
-    let out = aggregator()
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    );
+    let stderr = ran.stderr;
+    assert_eq!(ran.code, Some(78), "{stderr}");
     assert!(stderr.contains("route[0].outputs"), "{stderr}");
 }
 
@@ -137,17 +117,9 @@ concurency = 2
 "#;
 
 fn assert_four_errors(command: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(&path, FOUR_ERRORS).unwrap();
-    let out = aggregator()
-        .arg(command)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let ran = with_config(&[command], FOUR_ERRORS);
+    let stderr = ran.stderr;
+    assert_eq!(ran.code, Some(78), "{stderr}");
     for expected in ["lisen", "lots", "concurency", "route[0].match"] {
         assert!(
             stderr.contains(expected),
