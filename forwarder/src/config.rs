@@ -12,37 +12,43 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use logferry_common::chunk::FsyncPolicy;
+use logferry_common::config::sections::{self, Reader};
 use logferry_common::config::{
     duration, parse_listen_addr, parse_toml, read_file, ByteSize, Secret,
 };
 pub use logferry_common::config::{ConfigError, ConfigErrors};
 use logferry_common::tls::{self, ClientTlsFiles, TlsVersion};
 use serde::Deserialize;
+use toml::Table;
 
 /// The configuration that runs when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
-/// The whole forwarder configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Every top-level key, in the order an unknown key's message lists them.
+const TOP_LEVEL: &[&str] = &[
+    "shutdown_timeout",
+    "input",
+    "kubernetes",
+    "buffer",
+    "output",
+    "admin",
+];
+
+/// The whole forwarder configuration (each section is read on its own by
+/// [`Config::parse_with_env`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// How long a graceful shutdown may spend sending what is buffered.
-    #[serde(default = "defaults::shutdown_timeout", with = "duration")]
+    /// `shutdown_timeout`: how long a graceful shutdown may spend sending what is buffered.
     pub shutdown_timeout: Duration,
-    /// What is tailed and how it is parsed.
-    #[serde(default)]
+    /// `[input]`: what is tailed and how it is parsed.
     pub input: InputConfig,
-    /// Kubernetes metadata.
-    #[serde(default)]
+    /// `[kubernetes]`: Kubernetes metadata.
     pub kubernetes: KubernetesConfig,
-    /// The on-disk buffer.
-    #[serde(default)]
+    /// `[buffer]`: the on-disk buffer.
     pub buffer: BufferConfig,
-    /// Where records are sent.
-    #[serde(default)]
+    /// `[output]`: where records are sent.
     pub output: OutputConfig,
-    /// The HTTP admin listener.
-    #[serde(default)]
+    /// `[admin]`: the HTTP admin listener.
     pub admin: AdminConfig,
 }
 
@@ -426,11 +432,64 @@ impl Config {
     }
 
     /// Parses TOML text with an explicit environment (for tests).
+    ///
+    /// # Errors
+    /// A TOML syntax error, or every missing `${ENV}` variable, alone; otherwise every error of
+    /// every section that does not parse (each section is read on its own), followed by the
+    /// semantic problems ([`Config::validate`]) of the sections that did.
     pub fn parse_with_env(
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigErrors> {
-        parse_toml(text, env)
+        let mut table: Table = parse_toml(text, env)?;
+        let mut r = Reader::new(text);
+        r.unknown_keys(&table, TOP_LEVEL);
+        let shutdown_timeout = match table.remove("shutdown_timeout") {
+            Some(v) => r.section_with(
+                "shutdown_timeout",
+                None,
+                v,
+                sections::with(duration::deserialize),
+            ),
+            None => Some(defaults::shutdown_timeout()),
+        };
+        let input = r.table_section(&mut table, "input");
+        let kubernetes = r.table_section(&mut table, "kubernetes");
+        let buffer = r.table_section(&mut table, "buffer");
+        let output = r.table_section(&mut table, "output");
+        let admin = r.table_section(&mut table, "admin");
+        let failed: Vec<&str> = [
+            ("shutdown_timeout", shutdown_timeout.is_none()),
+            ("input", input.is_none()),
+            ("kubernetes", kubernetes.is_none()),
+            ("buffer", buffer.is_none()),
+            ("output", output.is_none()),
+            ("admin", admin.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(name, failed)| failed.then_some(name))
+        .collect();
+        let config = Config {
+            shutdown_timeout: shutdown_timeout.unwrap_or_else(defaults::shutdown_timeout),
+            input: input.unwrap_or_default(),
+            kubernetes: kubernetes.unwrap_or_default(),
+            buffer: buffer.unwrap_or_default(),
+            output: output.unwrap_or_default(),
+            admin: admin.unwrap_or_default(),
+        };
+        let mut errors = r.errors;
+        if errors.is_empty() {
+            return Ok(config);
+        }
+        // The sections that failed are at their defaults: their semantic checks would speak
+        // of values that are not in the file.
+        if let Err(semantic) = config.validate() {
+            errors.extend(semantic.0.into_iter().filter(|e| {
+                let section = e.key.split(['.', '[']).next().unwrap_or("");
+                !failed.contains(&section)
+            }));
+        }
+        Err(ConfigErrors(errors))
     }
 
     /// Reads and parses a config file.
@@ -685,6 +744,27 @@ mod tests {
         let first = &err.0[0];
         assert!(first.message.contains("path_typo"), "{first}");
         assert_eq!(first.line, Some(3), "{first}");
+    }
+
+    #[test]
+    fn every_error_of_every_section_is_reported_in_one_run() {
+        let text = "[input]\npath_typo = 3\nformat = \"syslog\"\n[output]\nwindow = \"big\"\n[admin]\nlisten = \"nowhere\"\n[bogus]\n";
+        let errors = Config::parse_with_env(text, no_env).unwrap_err().0;
+        let found: Vec<(&str, Option<usize>)> =
+            errors.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        // The failed sections' defaults are not checked; `[admin]` parsed, so its bad address
+        // is reported with the rest.
+        assert_eq!(
+            found,
+            [
+                ("", Some(8)),
+                ("input.format", Some(3)),
+                ("input", Some(2)),
+                ("output.window", Some(5)),
+                ("admin.listen", None),
+            ],
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -18,8 +18,11 @@
 
 use std::time::Duration;
 
+use logferry_common::config::sections::{self, FieldError};
 use logferry_common::config::{duration, ByteSize};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use toml::Value;
 
 use super::defaults;
 use super::{
@@ -61,6 +64,41 @@ macro_rules! each_output {
 }
 
 impl OutputConfig {
+    /// Deserializes an `[outputs.NAME]` table reporting every error of its type's keys (serde's
+    /// tagged enum stops at the first and loses the key path).
+    ///
+    /// # Errors
+    /// A missing or unknown `type`, or every error of the type's own keys.
+    pub fn from_value(mut value: Value) -> Result<OutputConfig, Vec<FieldError>> {
+        let tag = value.as_table_mut().and_then(|t| t.remove("type"));
+        let Some(Value::String(tag)) = tag else {
+            // No table, or no `type` string: serde's message says which.
+            return sections::deserialize_all(value);
+        };
+        fn of<T: DeserializeOwned>(
+            value: Value,
+            variant: fn(T) -> OutputConfig,
+        ) -> Result<OutputConfig, Vec<FieldError>> {
+            sections::deserialize_all(value).map(variant)
+        }
+        match tag.as_str() {
+            "file" => of(value, OutputConfig::File),
+            "null" => of(value, OutputConfig::Null),
+            "elasticsearch" => of(value, OutputConfig::Elasticsearch),
+            "kafka" => of(value, OutputConfig::Kafka),
+            "stackdriver" => of(value, OutputConfig::Stackdriver),
+            _ => Err(vec![FieldError {
+                path: vec!["type".into()],
+                message: <toml::de::Error as serde::de::Error>::unknown_variant(
+                    &tag,
+                    &["file", "null", "elasticsearch", "kafka", "stackdriver"],
+                )
+                .message()
+                .to_owned(),
+            }]),
+        }
+    }
+
     /// The output's retry settings.
     pub fn retry(&self) -> &RetryConfig {
         each_output!(self, c => &c.retry)

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod sections;
+
 /// A size in bytes, written in configs as `"8MiB"`, `"512KiB"`, `"1GB"` or a bare integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ByteSize(pub u64);
