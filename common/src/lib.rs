@@ -2,6 +2,7 @@
 //!
 //! - [`event_time`]: Fluentd's nanosecond `EventTime` (msgpack ext 0).
 //! - [`msgpack`]: value boundaries, scalar readers, header writers, JSON transcoding.
+//! - [`json_merge`]: a JSON object's members transcoded straight to msgpack pairs.
 //! - [`forward`]: the Fluentd Forward protocol v1 codec. Pure: bytes in, values out, no IO, so it
 //!   can be fuzzed and property-tested on its own.
 //! - [`payload`]: what a chunk frame holds, one PackedForward request (both binaries store it).
@@ -27,6 +28,7 @@ pub mod config;
 pub mod daemon;
 pub mod event_time;
 pub mod forward;
+pub mod json_merge;
 pub mod kv;
 pub mod msgpack;
 pub mod payload;

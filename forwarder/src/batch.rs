@@ -24,10 +24,10 @@
 //! re-encoding. The encoding is [`logferry_common::payload`]'s; this module adds the id.
 
 use logferry_common::forward::EventTime;
+use logferry_common::json_merge;
 use logferry_common::msgpack;
 use logferry_common::payload::{self, Payload, PayloadError};
 
-use crate::json_merge;
 use crate::parse::Stream;
 
 /// How records are shaped.

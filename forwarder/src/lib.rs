@@ -17,7 +17,6 @@
 //! - [`tail`]: reading, rotation, fingerprints, checkpoints and the committer.
 //! - [`parse`]: CRI and docker json-file lines, and joining split lines.
 //! - [`kubernetes`]: metadata from file names and the API server.
-//! - [`json_merge`]: `merge_log`, JSON messages transcoded straight to msgpack.
 //! - [`batch`]: records and frames.
 //! - [`net`]: `host:port` server entries.
 //! - [`client`]: the Forward client (connections, endpoints, failover).
@@ -30,7 +29,6 @@ pub mod batch;
 pub mod client;
 pub mod config;
 pub mod discover;
-pub mod json_merge;
 pub mod kubernetes;
 pub mod metrics;
 pub mod net;

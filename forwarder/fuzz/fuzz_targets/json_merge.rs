@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use logferry_common::json_merge::merge_object;
 use logferry_common::msgpack;
-use logferry_forwarder::json_merge::merge_object;
 
 fuzz_target!(|data: &[u8]| {
     let mut pairs = vec![0xc0];

@@ -1,4 +1,4 @@
-//! `merge_log`: a JSON object message's members, transcoded straight to msgpack.
+//! A JSON object's members, transcoded straight to msgpack pairs (the forwarder's `merge_log`).
 //!
 //! Most container logs of services are JSON lines, and merging their keys into the record is
 //! what makes them queryable. Parsing each line into a `serde_json::Value` tree and encoding
@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-use logferry_common::msgpack;
+use crate::msgpack;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// Most members merged from one message (a bound on work per line).
