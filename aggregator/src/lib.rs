@@ -21,6 +21,7 @@
 //! - [`outputs`]: the output workers and the outputs themselves.
 //! - [`record`]: records as the outputs see them (flattened from a chunk) and msgpack lookups.
 //! - [`template`]: index and topic name templates (`${tag}`, record fields, strftime).
+//! - [`tenants`]: tenant pipelines.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/reload`.
 //! - [`app`]: start, reload and graceful shutdown.
 
@@ -34,3 +35,4 @@ pub mod record;
 pub mod route;
 pub mod server;
 pub mod template;
+pub mod tenants;

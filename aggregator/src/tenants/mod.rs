@@ -1,0 +1,3 @@
+//! Tenant pipelines.
+
+pub mod transform;
