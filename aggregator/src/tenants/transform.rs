@@ -586,6 +586,8 @@ impl Parse {
                 return Err(ParseError::new(ParseErrorReason::NotText, detail, b""));
             }
         };
+        // Parsed pairs take about the text's size: one allocation, not a growing buffer.
+        out.reserve(text.len() + 64);
         let skip = |k: &[u8]| self.keep_original && k == self.field.as_bytes();
         match &self.parser {
             Parser::Json => {
