@@ -33,17 +33,18 @@ fn line(format: ParseFormat, seq: u32) -> String {
 }
 
 fn record(format: ParseFormat, seq: u32) -> Vec<u8> {
+    // As the forwarder ships them: stream, log, then the pod's metadata.
     let value = serde_json::json!({
-        "log": line(format, seq),
         "stream": "stdout",
+        "log": line(format, seq),
         "kubernetes": {
-            "pod_name": "web-7d9f8b6c5d-x2x7k",
             "namespace_name": "shop",
-            "container_name": "web",
-            "host": "gke-pool-1-a1b2c3d4",
+            "pod_name": format!("checkout-5f7c9d-{:05}", seq % 7),
+            "container_name": "checkout",
+            "labels": {"app": "checkout", "tier": "backend"},
         },
     });
-    rmp_serde::to_vec_named(&value).expect("serialising a JSON value cannot fail")
+    rmp_serde::to_vec_named(&value).expect("a JSON value encodes")
 }
 
 fn bench_parse(c: &mut Criterion) {
