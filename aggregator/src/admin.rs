@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::outputs::dead_letter::{ReplayError, Replayer};
 use crate::outputs::OutputHealth;
+use crate::tenants::Pipelines;
 
 /// The dead-letter replayers of the running outputs, by output name.
 pub type Replayers = BTreeMap<String, Arc<Replayer>>;
@@ -46,6 +47,7 @@ pub struct Status {
     pub lifecycle: Lifecycle,
     buffers: Vec<Buffer>,
     outputs: Vec<Arc<OutputHealth>>,
+    pipelines: Option<Arc<Pipelines>>,
 }
 
 impl Status {
@@ -55,7 +57,15 @@ impl Status {
             lifecycle: Lifecycle::new(),
             buffers,
             outputs: Vec::new(),
+            pipelines: None,
         }
+    }
+
+    /// Serves `/pipelines` from these tenant pipelines (their outputs never make the
+    /// aggregator unready: one team's dead destination is that team's status).
+    pub fn with_pipelines(mut self, pipelines: Option<Arc<Pipelines>>) -> Status {
+        self.pipelines = pipelines;
+        self
     }
 
     /// Also unready while an output has been failing longer than its `unready_after`.
@@ -103,6 +113,8 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/reload", post(reload_config))
         .route("/dead-letter/replay", post(replay_dead_letters))
+        .route("/pipelines", get(pipelines))
+        .route("/pipelines/{tenant}/{name}", get(pipeline))
         .with_state(AdminState {
             status,
             reload,
@@ -111,6 +123,44 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// `GET /pipelines`: every tenant pipeline's status (JSON array); 404 without `[pipelines]`.
+async fn pipelines(State(state): State<AdminState>) -> axum::response::Response {
+    match &state.status.pipelines {
+        Some(p) => json(&p.statuses().await),
+        None => (
+            StatusCode::NOT_FOUND,
+            "tenant pipelines are off ([pipelines] dir)\n",
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /pipelines/<tenant>/<name>`: one pipeline's status (JSON).
+async fn pipeline(
+    State(state): State<AdminState>,
+    axum::extract::Path((tenant, name)): axum::extract::Path<(String, String)>,
+) -> axum::response::Response {
+    let found = match &state.status.pipelines {
+        Some(p) => p.status(&tenant, &name).await,
+        None => None,
+    };
+    match found {
+        Some(status) => json(&status),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no pipeline {tenant}/{name}\n"),
+        )
+            .into_response(),
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> axum::response::Response {
+    match serde_json::to_string_pretty(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body + "\n").into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

@@ -28,41 +28,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use logferry_common::chunk::{Buffer, BufferOptions, ChunkError, FsyncPolicy};
+use logferry_common::chunk::{BufferOptions, FsyncPolicy};
 use logferry_common::daemon::{self, Phase, Signals};
 use logferry_common::telemetry;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::admin::{self, Status};
 use crate::config::{parse_addr, Config};
 use crate::dedupe::AckedChunks;
 use crate::ingest::{MemoryBudget, Pipeline};
-use crate::outputs::dead_letter::Replayer;
-use crate::outputs::{DeadLetters, Output, OutputError, OutputHealth, Worker};
+use crate::outputs::{self, OutputSpec, StartOutputError};
 use crate::route::{Pattern, Router};
 use crate::server::ListenerSet;
+use crate::tenants::{self, Pipelines};
 
 /// Why the aggregator could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// An output's buffer could not be opened or recovered.
-    #[error("buffer of output {name}: {source}")]
-    Buffer {
-        /// The output.
-        name: String,
-        /// What failed.
-        source: ChunkError,
-    },
-    /// An output could not be built.
-    #[error("output {name}: {source}")]
-    Output {
-        /// The output.
-        name: String,
-        /// What failed.
-        source: OutputError,
-    },
+    /// An output could not start (its buffer or its sink).
+    #[error(transparent)]
+    Output(#[from] StartOutputError),
     /// A listener could not bind.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -110,63 +96,27 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     let _lock = lock_buffer_root(&config.buffer.path)?;
     let names: Vec<String> = config.outputs.keys().cloned().collect();
     let mut buffers = Vec::with_capacity(names.len());
-    let mut workers = Vec::with_capacity(names.len());
+    let mut worker_tasks = Vec::with_capacity(names.len());
     let mut healths = Vec::with_capacity(names.len());
     // Cancelled when shutdown begins: a dead-letter replay running then stops (its file stays).
     let replay_stop = CancellationToken::new();
+    // Cancelled at the shutdown deadline: workers stop, undelivered chunks stay on disk.
+    let hard_stop = CancellationToken::new();
     let mut replayers = admin::Replayers::new();
     for name in &names {
-        let output_config = &config.outputs[name];
-        let dir = output_buffer_dir(&config, name);
-        let (buffer, sealed, recovered) = Buffer::open(buffer_options(&config, name, &dir))
-            .map_err(|source| StartError::Buffer {
-                name: name.clone(),
-                source,
-            })?;
-        tracing::info!(
-            output = %name, chunks = recovered.sealed_chunks, records = recovered.records,
-            bytes = recovered.bytes, truncated_bytes = recovered.truncated_bytes,
-            bad_frames = recovered.bad_frames, quarantined = recovered.quarantined.len(),
-            "buffer recovered"
-        );
-        let output =
-            Output::build(name, output_config)
-                .await
-                .map_err(|source| StartError::Output {
-                    name: name.clone(),
-                    source,
-                })?;
-        let health = Arc::new(OutputHealth::new(name, output_config.unready_after()));
-        healths.push(Arc::clone(&health));
-        let dead_letters = Arc::new(DeadLetters::new(
-            crate::outputs::dead_letter::dir_of(&dir),
+        let started = outputs::start(OutputSpec {
             name,
-            output_config.dead_letter().clone(),
-        ));
-        // Admin replays go through this worker's output and dead letters, never a second
-        // instance writing the same files.
-        replayers.insert(
-            name.clone(),
-            Arc::new(Replayer::new(
-                name,
-                output.clone(),
-                output_config.retry().clone(),
-                Arc::clone(&dead_letters),
-                Arc::clone(&health),
-                replay_stop.clone(),
-            )),
-        );
-        workers.push(Worker {
-            name: name.clone(),
-            output,
-            buffer: buffer.clone(),
-            sealed,
-            retry: output_config.retry().clone(),
-            concurrency: output_config.concurrency(),
-            dead_letters,
-            health,
-        });
-        buffers.push(buffer);
+            config: &config.outputs[name],
+            buffer: buffer_options(&config, name, &output_buffer_dir(&config, name)),
+            prepare: None,
+            hard_stop: hard_stop.clone(),
+            replay_stop: replay_stop.clone(),
+        })
+        .await?;
+        healths.push(started.health);
+        replayers.insert(name.clone(), started.replayer);
+        worker_tasks.push(started.task);
+        buffers.push(started.buffer);
     }
 
     let index = config.buffer.path.join("index");
@@ -177,24 +127,48 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         // Acks do not wait for fsync: a persisted key could outlive its data (dedupe module docs).
         AckedChunks::in_memory(window)
     };
-    let pipeline = Arc::new(Pipeline::new(
+    // Tenant pipelines: every valid file runs before the listeners bind.
+    let tenants = match &config.pipelines.dir {
+        Some(_) => {
+            let tenants = Arc::new(Pipelines::new(tenants::Shared {
+                config: config.pipelines.clone(),
+                buffer_root: config.buffer.path.join("pipelines"),
+                buffer_template: buffer_options(&config, "", &config.buffer.path),
+                hard_stop: hard_stop.clone(),
+                replay_stop: replay_stop.clone(),
+            }));
+            tenants.rescan().await;
+            Some(tenants)
+        }
+        None => None,
+    };
+    let mut pipeline = Pipeline::new(
         build_router(&config, &names),
         buffers.clone(),
         acked,
         MemoryBudget::new(config.ingest.memory_limit.bytes()),
         config.buffer.block_timeout,
-    ));
+    );
+    if let Some(tenants) = &tenants {
+        pipeline = pipeline.with_tenants(tenants.registry());
+    }
+    let pipeline = Arc::new(pipeline);
+    let rescan = Arc::new(tokio::sync::Notify::new());
+    let rescan_stop = CancellationToken::new();
+    if let Some(tenants) = &tenants {
+        tokio::spawn(rescan_loop(
+            Arc::clone(tenants),
+            config.pipelines.rescan_interval,
+            Arc::clone(&rescan),
+            rescan_stop.clone(),
+        ));
+    }
 
-    let hard_stop = CancellationToken::new();
-    let worker_tasks: Vec<_> = workers
-        .into_iter()
-        .map(|w| {
-            let span = tracing::info_span!("output", output = %w.name);
-            tokio::spawn(w.run(hard_stop.clone()).instrument(span))
-        })
-        .collect();
-
-    let status = Arc::new(Status::new(buffers.clone()).with_outputs(healths));
+    let status = Arc::new(
+        Status::new(buffers.clone())
+            .with_outputs(healths)
+            .with_pipelines(tenants.clone()),
+    );
     let (reload_handle, reload_requests) = daemon::reload_channel();
     let admin_stop = CancellationToken::new();
     let admin_addr = parse_addr(&config.admin.listen)
@@ -241,6 +215,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     let running = config;
     signals
         .serve_until_shutdown(reload_requests, || {
+            // Tenant pipeline files are read again too, whatever the main file's fate.
+            rescan.notify_one();
             reload(
                 &running,
                 config_path.as_deref(),
@@ -264,15 +240,23 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     {
         tracing::warn!("connections did not finish before the shutdown deadline");
     }
+    rescan_stop.cancel();
+    let tenants_drained = async {
+        if let Some(tenants) = &tenants {
+            tenants.shutdown(deadline).await;
+        }
+    };
     for buffer in &buffers {
         if let Err(e) = buffer.close().await {
             tracing::error!(buffer = buffer.name(), error = %e, "cannot seal the open chunk");
         }
     }
     let drained = tokio::time::timeout_at(deadline, async {
-        for task in worker_tasks {
-            let _ = task.await;
-        }
+        tokio::join!(tenants_drained, async {
+            for task in worker_tasks {
+                let _ = task.await;
+            }
+        })
     })
     .await;
     if drained.is_err() {
@@ -310,6 +294,24 @@ fn buffer_options(config: &Config, name: &str, dir: &Path) -> BufferOptions {
     options.commit_interval = b.commit_interval;
     options.max_frame_bytes = config.server.max_decompressed_bytes().bytes() + 64 * 1024;
     options
+}
+
+/// Reads the tenant pipeline files every `interval`, and at once when `now` is notified (a
+/// reload request), until `stop`.
+async fn rescan_loop(
+    tenants: Arc<Pipelines>,
+    interval: Duration,
+    now: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = now.notified() => {}
+            () = stop.cancelled() => return,
+        }
+        tenants.rescan().await;
+    }
 }
 
 fn build_router(config: &Config, names: &[String]) -> Router {
@@ -361,6 +363,9 @@ fn reload(
     }
     if new.shutdown_timeout != running.shutdown_timeout {
         changed.push("shutdown_timeout");
+    }
+    if new.pipelines != running.pipelines {
+        changed.push("[pipelines]");
     }
     if !changed.is_empty() {
         return Err(format!(

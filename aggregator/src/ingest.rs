@@ -33,13 +33,14 @@
 //! - **Order per input and buffer.** The requests of one input enter each buffer in the
 //!   order the input prepared them ([`Lanes`]), even when an earlier one waits for room.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use logferry_common::chunk::{AppendError, Buffer, CommitTicket};
-use logferry_common::forward::EventBatch;
+use logferry_common::forward::{Entries, EventBatch};
 use logferry_common::payload;
 use logferry_common::telemetry;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -48,12 +49,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dedupe::AckedChunks;
 use crate::route::Router;
+use crate::tenants::{Registry, Request};
 
 /// Everything an input needs to store a batch: shared by every connection of every listener.
 #[derive(Debug)]
 pub struct Pipeline {
     /// Tag routes; swapped whole on reload.
     router: RwLock<Arc<Router>>,
+    /// The tenant pipelines, when `[pipelines]` is on.
+    tenants: Option<Arc<Registry>>,
     /// One buffer per output, indexed like the router's output indices.
     buffers: Vec<Buffer>,
     /// Recently acked requests.
@@ -75,11 +79,18 @@ impl Pipeline {
     ) -> Self {
         Self {
             router: RwLock::new(Arc::new(router)),
+            tenants: None,
             buffers,
             acked,
             memory,
             block_timeout,
         }
+    }
+
+    /// Also stores each request in the buffers of the tenant pipelines that take it.
+    pub fn with_tenants(mut self, registry: Arc<Registry>) -> Self {
+        self.tenants = Some(registry);
+        self
     }
 
     /// The current routing table.
@@ -97,13 +108,15 @@ impl Pipeline {
         &self.buffers
     }
 
-    /// Routes `batch` and builds the frame its buffers get, taking each buffer's next turn in
-    /// `lanes`. `None` when there is nothing to store: no route (counted as dropped,
-    /// `no_route`) or no valid record. `memory` is shrunk to the payload; the batch (inflated
-    /// entries) is dropped here, before any wait for room.
+    /// Routes `batch` (by tag to the admin's outputs; by tenant to the tenant pipelines that
+    /// take it, `tenant` being its listener's) and builds the frame its buffers get, taking
+    /// each buffer's next turn in `lanes`. `None` when there is nothing to store: no route
+    /// and no pipeline (counted as dropped, `no_route`) or no valid record. `memory` is shrunk
+    /// to the payload; the batch (inflated entries) is dropped here, before any wait for room.
     pub fn prepare(
         &self,
         batch: EventBatch,
+        tenant: Option<&str>,
         lanes: &mut Lanes,
         mut memory: Reserved,
     ) -> Option<Prepared> {
@@ -114,12 +127,25 @@ impl Pipeline {
         }
         telemetry::INPUT_RECORDS.inc_by(u64::from(batch.records));
         let router = self.router();
-        let Some(outputs) = router.route(&batch.tag) else {
+        let routed = router.route(&batch.tag);
+        let pipelines = match (&self.tenants, batch.records) {
+            (Some(registry), 1..) => {
+                let first = Entries::new(&batch.entries)
+                    .next()
+                    .and_then(Result::ok)
+                    .map(|e| e.record);
+                Request::new(&batch.tag, tenant, first)
+                    .map(|request| registry.select(&request))
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        if routed.is_none() && pipelines.is_empty() {
             telemetry::DROPPED_RECORDS
                 .with_label_values(&["no_route"])
                 .inc_by(u64::from(batch.records));
             return None;
-        };
+        }
         if batch.records == 0 {
             return None;
         }
@@ -128,10 +154,15 @@ impl Pipeline {
         let payload = Bytes::from(payload::encode(&batch.tag, &batch.entries, records));
         drop(batch);
         memory.shrink_to(payload.len());
-        let targets = outputs
-            .iter()
-            .map(|&output| lanes.next_turn(output))
+        let mut targets: Vec<Turn> = routed
+            .into_iter()
+            .flatten()
+            .map(|&output| lanes.next_turn(&self.buffers[output]))
             .collect();
+        for pipeline in &pipelines {
+            pipeline.stats.records_in(u64::from(records));
+            targets.extend(pipeline.buffers.iter().map(|b| lanes.next_turn(b)));
+        }
         Some(Prepared {
             payload,
             records,
@@ -212,7 +243,7 @@ impl Prepared {
         let deadline = Instant::now() + pipeline.block_timeout;
         let mut tickets = Vec::with_capacity(self.targets.len());
         for turn in self.targets {
-            let buffer = &pipeline.buffers[turn.buffer];
+            let buffer = &turn.buffer;
             let append = async {
                 // The previous request of this input for this buffer is done with it (stored,
                 // failed or dropped) when its sender is gone.
@@ -265,15 +296,15 @@ impl Prepared {
 /// How often a request whose input is gone checks whether its buffer is still full.
 const ABANDON_POLL: Duration = Duration::from_millis(100);
 
-/// One input's place in line at each buffer: the next request for buffer `i` appends only
-/// after the previous one for `i` is done with it.
-#[derive(Debug)]
-pub struct Lanes(Vec<Option<oneshot::Receiver<()>>>);
+/// One input's place in line at each buffer (by name): the next request for a buffer appends
+/// only after the previous one for it is done with it.
+#[derive(Debug, Default)]
+pub struct Lanes(HashMap<String, oneshot::Receiver<()>>);
 
 /// A request's turn at one buffer.
 #[derive(Debug)]
 struct Turn {
-    buffer: usize,
+    buffer: Buffer,
     /// Resolves (with an error: the sender is dropped, never used) when the previous request
     /// of the input is done with this buffer.
     after: Option<oneshot::Receiver<()>>,
@@ -282,16 +313,22 @@ struct Turn {
 }
 
 impl Lanes {
-    /// Lanes for `buffers` buffers.
-    pub fn new(buffers: usize) -> Self {
-        Self((0..buffers).map(|_| None).collect())
+    /// No request in line yet.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    fn next_turn(&mut self, buffer: usize) -> Turn {
+    fn next_turn(&mut self, buffer: &Buffer) -> Turn {
         let (done, next) = oneshot::channel();
-        let after = self.0.get_mut(buffer).and_then(|lane| lane.replace(next));
+        let after = match self.0.get_mut(buffer.name()) {
+            Some(lane) => Some(std::mem::replace(lane, next)),
+            None => {
+                self.0.insert(buffer.name().to_owned(), next);
+                None
+            }
+        };
         Turn {
-            buffer,
+            buffer: buffer.clone(),
             after,
             done,
         }
@@ -434,12 +471,18 @@ mod tests {
         drop(small);
     }
 
-    #[test]
-    fn lanes_hand_each_buffer_to_requests_in_order() {
-        let mut lanes = Lanes::new(2);
-        let first = lanes.next_turn(0);
-        let mut second = lanes.next_turn(0);
-        let other = lanes.next_turn(1);
+    #[tokio::test]
+    async fn lanes_hand_each_buffer_to_requests_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = |name: &str| {
+            let options = logferry_common::chunk::BufferOptions::new(tmp.path().join(name), name);
+            Buffer::open(options).unwrap().0
+        };
+        let (a, b) = (open("a"), open("b"));
+        let mut lanes = Lanes::new();
+        let first = lanes.next_turn(&a);
+        let mut second = lanes.next_turn(&a);
+        let other = lanes.next_turn(&b);
         assert!(first.after.is_none() && other.after.is_none());
         let after = second.after.as_mut().unwrap();
         assert!(after

@@ -21,7 +21,8 @@
 //! - [`outputs`]: the output workers and the outputs themselves.
 //! - [`record`]: records as the outputs see them (flattened from a chunk) and msgpack lookups.
 //! - [`template`]: index and topic name templates (`${tag}`, record fields, strftime).
-//! - [`tenants`]: tenant pipelines.
+//! - [`tenants`]: tenant pipelines: a team's own parse, filters and outputs, applied one at a
+//!   time.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/reload`.
 //! - [`app`]: start, reload and graceful shutdown.
 

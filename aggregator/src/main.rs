@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use logferry_aggregator::app::output_buffer_dir;
-use logferry_aggregator::config::{Config, OutputConfig};
+use logferry_aggregator::config::{
+    Config, ConfigErrors, OutputConfig, PipelineConfig, PolicyConfig,
+};
 use logferry_aggregator::outputs::{dead_letter, Output};
 use logferry_common::chunk::inspect_dir;
 use logferry_common::telemetry::{init_logging, LogFormat};
@@ -36,11 +38,22 @@ struct Cli {
 enum Command {
     /// Run the aggregator (the default).
     Run(RunArgs),
-    /// Check a config file; exit 0 if valid, 78 listing every error otherwise.
+    /// Check a config file, or a tenant's pipeline file; exit 0 if valid, 78 listing every
+    /// error otherwise.
     Validate {
-        /// The config file.
+        /// The config file (with --pipeline: where `[pipelines] policy` is read from).
+        #[arg(long, required_unless_present = "pipeline")]
+        config: Option<PathBuf>,
+        /// A tenant pipeline file (`<dir>/<tenant>/<name>.toml`).
         #[arg(long)]
-        config: PathBuf,
+        pipeline: Option<PathBuf>,
+        /// The pipeline's tenant (default: the name of the file's directory).
+        #[arg(long, requires = "pipeline")]
+        tenant: Option<String>,
+        /// The tenant policy file (default: the config's `[pipelines] policy`, else the
+        /// built-in default policy).
+        #[arg(long, requires = "pipeline")]
+        policy: Option<PathBuf>,
         /// Also check that each output can be reached.
         #[arg(long)]
         check_outputs: bool,
@@ -131,8 +144,20 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => run(args),
         Some(Command::Validate {
             config,
+            pipeline: Some(pipeline),
+            tenant,
+            policy,
             check_outputs,
+        }) => validate_pipeline(&pipeline, tenant, policy, config, check_outputs),
+        Some(Command::Validate {
+            config: Some(config),
+            check_outputs,
+            ..
         }) => validate(&config, check_outputs),
+        Some(Command::Validate { .. }) => {
+            eprintln!("validate: give --config or --pipeline");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Some(Command::Inspect { dir }) => inspect(&dir),
         Some(Command::DeadLetter { command }) => dead_letter(command),
     }
@@ -183,34 +208,87 @@ fn failed(e: &anyhow::Error) -> ExitCode {
 fn validate(path: &std::path::Path, check_outputs: bool) -> ExitCode {
     let config = match Config::load(path).and_then(|c| c.validate().map(|()| c)) {
         Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
-            for e in &errors.0 {
-                eprintln!("  error: {e}");
-            }
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(errors) => return report_errors(path, &errors),
     };
     for warning in config.warnings() {
         eprintln!("  warning: {warning}");
     }
-    if check_outputs {
-        let mut unreachable = 0;
-        for (name, output) in &config.outputs {
-            match check_output(name, output) {
-                Ok(what) => println!("output {name}: ok ({what})"),
-                Err(e) => {
-                    unreachable += 1;
-                    println!("output {name}: UNREACHABLE: {e}");
-                }
-            }
-        }
-        if unreachable > 0 {
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    if check_outputs && !check_outputs_of(&config.outputs) {
+        return ExitCode::from(EXIT_CONFIG);
     }
     println!("{}: valid", path.display());
     ExitCode::SUCCESS
+}
+
+/// `validate --pipeline`: a team's pipeline file against its tenant's policy, as the
+/// aggregator would apply it (every error at once).
+fn validate_pipeline(
+    path: &std::path::Path,
+    tenant: Option<String>,
+    policy: Option<PathBuf>,
+    config: Option<PathBuf>,
+    check_outputs: bool,
+) -> ExitCode {
+    let tenant = tenant.or_else(|| {
+        path.parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+    });
+    let Some(tenant) = tenant.filter(|t| logferry_aggregator::config::is_dns_label(t)) else {
+        eprintln!(
+            "{}: the tenant is the name of the file's directory (a DNS label), or --tenant",
+            path.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let policy_file = match (policy, config) {
+        (Some(p), _) => Some(p),
+        (None, Some(c)) => match Config::load(&c) {
+            Ok(c) => c.pipelines.policy,
+            Err(errors) => return report_errors(&c, &errors),
+        },
+        (None, None) => None,
+    };
+    let policy = match &policy_file {
+        Some(p) => match PolicyConfig::load(p) {
+            Ok(policy) => policy,
+            Err(errors) => return report_errors(p, &errors),
+        },
+        None => PolicyConfig::default(),
+    };
+    let pipeline = match PipelineConfig::load(path, &tenant, &policy.tenant(&tenant)) {
+        Ok(p) => p,
+        Err(errors) => return report_errors(path, &errors),
+    };
+    if check_outputs && !check_outputs_of(&pipeline.outputs) {
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    println!("{}: valid (tenant {tenant})", path.display());
+    ExitCode::SUCCESS
+}
+
+fn report_errors(path: &std::path::Path, errors: &ConfigErrors) -> ExitCode {
+    eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+    for e in &errors.0 {
+        eprintln!("  error: {e}");
+    }
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Checks that each output can be reached, printing one line per output.
+fn check_outputs_of(outputs: &std::collections::BTreeMap<String, OutputConfig>) -> bool {
+    let mut reachable = true;
+    for (name, output) in outputs {
+        match check_output(name, output) {
+            Ok(what) => println!("output {name}: ok ({what})"),
+            Err(e) => {
+                reachable = false;
+                println!("output {name}: UNREACHABLE: {e}");
+            }
+        }
+    }
+    reachable
 }
 
 fn check_output(name: &str, output: &OutputConfig) -> anyhow::Result<String> {

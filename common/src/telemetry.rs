@@ -227,6 +227,36 @@ pub fn count_decode_error_code(code: &'static str) {
         .inc();
 }
 
+metric!(
+    /// Records a tenant pipeline took in (appended to its outputs' buffers).
+    PIPELINE_RECORDS_IN: IntCounterVec = counter_vec(
+        "logferry_pipeline_records_in_total", "Records a tenant pipeline took in", &["tenant", "pipeline"])
+);
+metric!(
+    /// Records a tenant pipeline's parse failed on, by reason.
+    PIPELINE_PARSE_ERRORS: IntCounterVec = counter_vec(
+        "logferry_pipeline_parse_errors_total", "Records a tenant pipeline could not parse, by reason",
+        &["tenant", "pipeline", "reason"])
+);
+metric!(
+    /// Records a tenant pipeline dropped, by reason (`filtered`, `parse_error`).
+    PIPELINE_DROPPED_RECORDS: IntCounterVec = counter_vec(
+        "logferry_pipeline_dropped_records_total", "Records a tenant pipeline dropped, by reason",
+        &["tenant", "pipeline", "reason"])
+);
+metric!(
+    /// Applies of tenant pipeline files, by result (`applied`, `rejected`, `deleted`).
+    PIPELINE_APPLIES: IntCounterVec = counter_vec(
+        "logferry_pipeline_applies_total", "Applies of tenant pipeline files by result",
+        &["tenant", "pipeline", "result"])
+);
+metric!(
+    /// 1 for a tenant pipeline's current state (`active`, `rejected`, `stale`, `draining`).
+    PIPELINE_STATE: IntGaugeVec = gauge_vec(
+        "logferry_pipeline_state", "1 for the current state of a tenant pipeline",
+        &["tenant", "pipeline", "state"])
+);
+
 /// Forces every metric into the registry, so `/metrics` lists them all from the start (a
 /// dashboard should see a zero, not a missing series).
 pub fn register_all() {
@@ -258,6 +288,11 @@ pub fn register_all() {
     LazyLock::force(&BUFFER_CORRUPTION);
     LazyLock::force(&OUTPUT_FAILING_SECONDS);
     LazyLock::force(&OUTPUT_READY);
+    LazyLock::force(&PIPELINE_RECORDS_IN);
+    LazyLock::force(&PIPELINE_PARSE_ERRORS);
+    LazyLock::force(&PIPELINE_DROPPED_RECORDS);
+    LazyLock::force(&PIPELINE_APPLIES);
+    LazyLock::force(&PIPELINE_STATE);
 }
 
 /// Renders every registered metric in the Prometheus text format.

@@ -197,6 +197,14 @@ impl Listeners {
                 }
                 seen_names.push(name.clone());
             }
+            if let Some(tenant) = &s.tenant {
+                if !super::is_dns_label(tenant) {
+                    err(
+                        "tenant",
+                        format!("{tenant:?} is not a tenant name (a DNS label: [a-z0-9-])"),
+                    );
+                }
+            }
             if s.max_connections == 0 {
                 err("max_connections", "must be at least 1".into());
             }
@@ -322,6 +330,10 @@ pub struct ServerConfig {
     /// A label for logs (`[[server]]` with several listeners).
     #[serde(default)]
     pub name: Option<String>,
+    /// The tenant every record received on this listener belongs to (senders outside the
+    /// cluster); unset: the tenant is read from each request's tag.
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// Address to listen on (`host:port`; port 0 picks a free one and logs it).
     #[serde(default = "defaults::listen")]
     pub listen: String,
@@ -375,6 +387,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             name: None,
+            tenant: None,
             listen: defaults::listen(),
             max_request_bytes: defaults::max_request_bytes(),
             max_decompressed_bytes: defaults::max_decompressed_bytes(),

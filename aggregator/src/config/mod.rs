@@ -31,6 +31,7 @@ mod listener;
 mod null;
 mod output;
 mod parse;
+mod pipeline;
 mod stackdriver;
 
 pub use elasticsearch::{
@@ -44,6 +45,10 @@ pub use listener::{
 };
 pub use null::NullOutputConfig;
 pub use output::{DeadLetterConfig, DeadLetterWhenFull, OutputConfig, RetryConfig};
+pub use pipeline::{
+    is_dns_label, PipelineBufferConfig, PipelineConfig, PipelinesConfig, PolicyConfig,
+    SelectConfig, TenantPolicy, TenantPolicyConfig,
+};
 pub use stackdriver::{StackdriverOutputConfig, StackdriverResourceConfig};
 
 /// The configuration that runs when no `--config` is given.
@@ -67,6 +72,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[outputs.NAME]`: outputs by name.
     pub outputs: BTreeMap<String, OutputConfig>,
+    /// `[pipelines]`: the tenant pipelines' directory and policy.
+    pub pipelines: PipelinesConfig,
 }
 
 /// `[admin]`: the HTTP admin listener.
@@ -340,8 +347,13 @@ impl Config {
             );
         }
 
-        if self.outputs.is_empty() && unparsed.outputs.is_empty() {
+        // An aggregator of tenant pipelines alone needs no output of its own.
+        let tenants_only = self.pipelines.dir.is_some();
+        if self.outputs.is_empty() && unparsed.outputs.is_empty() && !tenants_only {
             err("outputs", "at least one output is required".into());
+        }
+        if self.pipelines.rescan_interval.is_zero() {
+            err("pipelines.rescan_interval", "must be greater than 0".into());
         }
         let mut output_errors = Vec::new();
         for (name, output) in &self.outputs {
@@ -360,7 +372,7 @@ impl Config {
         }
         file::distinct_dirs_into(&self.outputs, &mut output_errors);
 
-        if self.routes.is_empty() && !unparsed.routes {
+        if self.routes.is_empty() && !unparsed.routes && !tenants_only {
             err(
                 "route",
                 "at least one [[route]] is required (e.g. match = \"**\")".into(),

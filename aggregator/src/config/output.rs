@@ -16,9 +16,11 @@
 //! fields included), defaults and `validate_into`, declared and re-exported in `config`; a
 //! sink in `outputs`; and one arm in each match here and in `outputs`.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use logferry_common::config::sections::{self, FieldError};
+use logferry_common::config::sections::{self, FieldError, Header, Reader};
 use logferry_common::config::{duration, ByteSize};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -99,6 +101,90 @@ impl OutputConfig {
         }
     }
 
+    /// Reads each `[outputs.NAME]` of `items` on its own (every error of each): those that
+    /// parse, and the names of those that did not.
+    pub(super) fn read_sections(
+        r: &mut Reader<'_>,
+        items: toml::Table,
+    ) -> (BTreeMap<String, OutputConfig>, BTreeSet<String>) {
+        let (mut outputs, mut failed) = (BTreeMap::new(), BTreeSet::new());
+        for (name, item) in items {
+            let header = format!("[outputs.{name}]");
+            let key = format!("outputs.{name}");
+            match r.section_with(&key, Header::at(&header, 0), item, OutputConfig::from_value) {
+                Some(output) => {
+                    outputs.insert(name, output);
+                }
+                None => {
+                    failed.insert(name);
+                }
+            }
+        }
+        (outputs, failed)
+    }
+
+    /// The hosts (`name:port`) the output sends to, for a tenant policy's `hosts`. A URL
+    /// without a port gets its scheme's.
+    pub fn destination_hosts(&self) -> Vec<String> {
+        match self {
+            OutputConfig::File(_) | OutputConfig::Null(_) => Vec::new(),
+            OutputConfig::Elasticsearch(c) => c.endpoints.iter().map(|e| url_host(e)).collect(),
+            OutputConfig::Kafka(c) => {
+                let mut hosts: Vec<String> = c
+                    .brokers
+                    .split(',')
+                    .map(|b| b.trim().to_owned())
+                    .filter(|b| !b.is_empty())
+                    .collect();
+                // librdkafka's own list would bypass `brokers`.
+                if let Some(servers) = c.librdkafka.get("bootstrap.servers") {
+                    hosts.extend(servers.split(',').map(|b| b.trim().to_owned()));
+                }
+                hosts
+            }
+            OutputConfig::Stackdriver(c) => {
+                let api = c
+                    .endpoint
+                    .as_deref()
+                    .map_or_else(|| "logging.googleapis.com:443".to_owned(), url_host);
+                let mut hosts = vec![api];
+                hosts.extend(c.metadata_endpoint.as_deref().map(url_host));
+                hosts
+            }
+        }
+    }
+
+    /// The local files the output reads or writes, by key: a tenant policy keeps them under
+    /// the tenant's directory. A Cloud Logging output without its own credentials would
+    /// write with the aggregator's identity, so it names `credentials` as a file to check.
+    pub fn local_files(&self) -> Vec<(String, PathBuf)> {
+        match self {
+            OutputConfig::File(c) => vec![("path".into(), c.path.clone())],
+            OutputConfig::Null(_) => Vec::new(),
+            OutputConfig::Elasticsearch(c) => {
+                let mut files = Vec::new();
+                files.extend(c.tls.ca.clone().map(|p| ("tls.ca".into(), p)));
+                files.extend(
+                    c.template
+                        .as_ref()
+                        .map(|t| ("template.file".into(), t.file.clone())),
+                );
+                files
+            }
+            OutputConfig::Kafka(c) => c
+                .librdkafka
+                .iter()
+                .filter(|(k, _)| k.ends_with(".location"))
+                .map(|(k, v)| (format!("librdkafka.{k}"), PathBuf::from(v)))
+                .collect(),
+            OutputConfig::Stackdriver(c) => match c.credentials.as_deref() {
+                Some("anonymous") => Vec::new(),
+                Some(path) => vec![("credentials".into(), PathBuf::from(path))],
+                None => vec![("credentials".into(), PathBuf::new())],
+            },
+        }
+    }
+
     /// The output's retry settings.
     pub fn retry(&self) -> &RetryConfig {
         each_output!(self, c => &c.retry)
@@ -159,6 +245,25 @@ impl OutputConfig {
             OutputConfig::Kafka(c) => c.validate_into(&mut err),
             OutputConfig::Stackdriver(c) => c.validate_into(&mut err),
         }
+    }
+}
+
+/// `host:port` of a URL such as `https://es:9200/prefix` (the port from the scheme when not
+/// given); the text itself when it is no URL.
+fn url_host(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+    {
+        return authority.to_owned();
+    }
+    match scheme {
+        "https" => format!("{authority}:443"),
+        "http" => format!("{authority}:80"),
+        _ => authority.to_owned(),
     }
 }
 

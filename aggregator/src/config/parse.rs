@@ -29,6 +29,7 @@ const TOP_LEVEL: &[&str] = &[
     "ingest",
     "route",
     "outputs",
+    "pipelines",
 ];
 
 /// The sections that did not parse, as far as the semantic validation needs to know.
@@ -80,6 +81,7 @@ pub(super) fn parse(text: &str, mut table: Table) -> Result<Config, ConfigErrors
     let buffer = r.table_section(&mut table, "buffer");
     unparsed.buffer = buffer.is_none();
     let ingest = r.table_section(&mut table, "ingest");
+    let pipelines = r.table_section(&mut table, "pipelines");
     unparsed.ingest = ingest.is_none();
     // A `route` or `outputs` of the wrong shape leaves nothing to validate against.
     let mut shapeless = false;
@@ -99,18 +101,7 @@ pub(super) fn parse(text: &str, mut table: Table) -> Result<Config, ConfigErrors
     let mut outputs = BTreeMap::new();
     match table.remove("outputs") {
         Some(Value::Table(items)) => {
-            for (name, item) in items {
-                let header = format!("[outputs.{name}]");
-                let key = format!("outputs.{name}");
-                match r.section_with(&key, Header::at(&header, 0), item, OutputConfig::from_value) {
-                    Some(output) => {
-                        outputs.insert(name, output);
-                    }
-                    None => {
-                        unparsed.outputs.insert(name);
-                    }
-                }
-            }
+            (outputs, unparsed.outputs) = OutputConfig::read_sections(&mut r, items);
         }
         Some(v) => {
             shapeless = true;
@@ -127,6 +118,7 @@ pub(super) fn parse(text: &str, mut table: Table) -> Result<Config, ConfigErrors
         ingest: ingest.unwrap_or_default(),
         routes,
         outputs,
+        pipelines: pipelines.unwrap_or_default(),
     };
     let mut errors = r.errors;
     if errors.is_empty() {

@@ -604,6 +604,7 @@ pub async fn replay(
             config.dead_letter().clone(),
         )),
         health: std::sync::Arc::new(OutputHealth::new(name, std::time::Duration::ZERO)),
+        prepare: None,
     };
     let never = tokio_util::sync::CancellationToken::new();
     let report = replay_with(&ctx, timeout, kind, &never).await;
@@ -639,6 +640,8 @@ impl Replayer {
                 retry,
                 dead_letters,
                 health,
+                // Dead letters are sent as they were kept.
+                prepare: None,
             },
             gate: tokio::sync::Mutex::new(()),
             stop,

@@ -48,6 +48,9 @@ pub enum FailureKind {
     /// The record was still failing when `retry.timeout` ran out: given up to dead letters by
     /// the framework (never reported by a sink).
     RetryTimeout,
+    /// A tenant pipeline's parse failed with `on_error = "dead_letter"`: the raw record is
+    /// kept for a replay after the parser is fixed (never reported by a sink).
+    Parse,
     /// A sink broke its contract (wrong number of outcomes, a record left without one):
     /// retried.
     Internal,
@@ -105,6 +108,7 @@ impl FailureKind {
             Self::TooLarge => "too_large",
             Self::Rejected => "rejected",
             Self::RetryTimeout => "retry_timeout",
+            Self::Parse => "parse_error",
             Self::Internal => "internal",
             Self::Connection => "connection",
             Self::Timeout => "timeout",

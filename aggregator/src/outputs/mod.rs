@@ -16,6 +16,8 @@
 //! - [`worker`]: the delivery loop of one output (read, send, retry, dead letters, quarantine).
 //! - [`health`]: whether an output is failing, for `/readyz` and the metrics.
 //! - [`dead_letter`]: the dead-letter files and `dead-letter replay`.
+//! - [`start`]: starting one output (buffer, sink, health, dead letters, worker), for the
+//!   admin's outputs and tenant pipelines' alike.
 //! - [`record`](crate::record), [`template`](crate::template) (top-level, as the config uses them
 //!   too): records as the sinks see them; index and topic templates.
 //! - One module per sink: [`file`](mod@file), [`null`], `elasticsearch`, `kafka`,
@@ -40,6 +42,7 @@ pub mod null;
 pub mod sink;
 #[cfg(feature = "stackdriver")]
 pub mod stackdriver;
+pub mod start;
 pub mod worker;
 
 pub use crate::record::{Rec, Records};
@@ -47,4 +50,5 @@ pub use dead_letter::{DeadItem, DeadLetters};
 pub use failure::{Failure, FailureKind, OutputError};
 pub use health::OutputHealth;
 pub use sink::{Attempt, Outcome, Output, Sink};
-pub use worker::Worker;
+pub use start::{start, OutputSpec, StartOutputError, Started};
+pub use worker::{Prepare, Worker};

@@ -70,6 +70,21 @@ pub struct Worker {
     pub dead_letters: Arc<DeadLetters>,
     /// Health, shared with the admin endpoint.
     pub health: Arc<OutputHealth>,
+    /// Work on each chunk's records before they are sent (a tenant pipeline's parse and
+    /// filters); none for the admin's outputs.
+    pub prepare: Option<Arc<dyn Prepare>>,
+}
+
+/// Work on a chunk's records before they are sent: a tenant pipeline's parse and filters. It
+/// runs on the blocking pool, right after the chunk is read.
+///
+/// Records it drops are gone from this delivery (counted by the implementation); the dead
+/// items it returns are written to the output's dead letters, durably, before the chunk is
+/// released, like records the sink rejected. It must not panic; should it, the chunk is read
+/// again later, like a chunk that could not be read.
+pub trait Prepare: Send + Sync + std::fmt::Debug {
+    /// The records to send, and those that go to dead letters.
+    fn prepare(&self, recs: Vec<Rec>) -> (Vec<Rec>, Vec<DeadItem>);
 }
 
 /// Reads of one chunk that may fail in a row before the chunk is quarantined: enough to ride
@@ -100,6 +115,7 @@ impl Worker {
             concurrency,
             dead_letters,
             health,
+            prepare,
         } = self;
         let ctx = Arc::new(Ctx {
             name: name.clone(),
@@ -107,6 +123,7 @@ impl Worker {
             retry,
             dead_letters,
             health: Arc::clone(&health),
+            prepare,
         });
         // Keeps the health gauges current while the output is failing.
         let ticker_stop = CancellationToken::new();
@@ -166,6 +183,7 @@ pub(crate) struct Ctx {
     pub(crate) retry: RetryConfig,
     pub(crate) dead_letters: Arc<DeadLetters>,
     pub(crate) health: Arc<OutputHealth>,
+    pub(crate) prepare: Option<Arc<dyn Prepare>>,
 }
 
 /// Delivers one chunk: reads it, sends its records until each is delivered or dead. A chunk
@@ -180,12 +198,17 @@ async fn deliver_chunk(
     let mut backoff = Backoff::new(ctx.retry.initial, ctx.retry.max_interval);
     let mut failures = 0u32;
     // Reading loads and verifies the whole chunk file: blocking IO, off the async workers.
-    let records = loop {
+    let (recs, prepared_dead) = loop {
         let to_read = chunk.clone();
+        let prepare = ctx.prepare.clone();
         let read = tokio::task::spawn_blocking(move || {
             to_read.read().map(|contents| {
                 let origin = record::Origin::of(&to_read);
-                Records::from_chunk(&contents, origin)
+                let recs = Records::from_chunk(&contents, origin).recs;
+                match prepare {
+                    Some(prepare) => prepare.prepare(recs),
+                    None => (recs, Vec::new()),
+                }
             })
         })
         .await
@@ -197,7 +220,7 @@ async fn deliver_chunk(
             })
         });
         match read {
-            Ok(records) => break records,
+            Ok(prepared) => break prepared,
             // drop_oldest_chunk removed it while queued; nothing left to deliver.
             Err(ChunkError::Gone { .. }) => return ChunkEnd::Done,
             Err(e) => {
@@ -231,9 +254,10 @@ async fn deliver_chunk(
         }
     };
     let started = Instant::now();
-    let Some(dead) = deliver_records(ctx, records.recs, &ctx.retry, hard_stop).await else {
+    let Some(mut dead) = deliver_records(ctx, recs, &ctx.retry, hard_stop).await else {
         return ChunkEnd::Cancelled;
     };
+    dead.extend(prepared_dead);
     if !dead.is_empty() && !write_dead_letters(ctx, &dead, hard_stop).await {
         return ChunkEnd::Cancelled;
     }
@@ -452,6 +476,7 @@ mod tests {
                 crate::config::DeadLetterConfig::default(),
             )),
             health: Arc::new(OutputHealth::new(name, Duration::ZERO)),
+            prepare: None,
         };
         tokio::spawn(worker.run(CancellationToken::new()))
     }

@@ -316,7 +316,7 @@ async fn serve<S: Stream>(
     let pipeline = Arc::clone(&listener.pipeline);
     let mut c = Conn {
         source: Source::new(&listener.name, user.as_deref(), peer.ip()),
-        lanes: Lanes::new(pipeline.buffers().len()),
+        lanes: Lanes::new(),
         pipeline,
         settings,
         decoder: Decoder::new(settings.limits),
@@ -583,7 +583,12 @@ impl Conn<'_> {
             // A re-send of a request we already stored and acked: ack again, store nothing.
             return self.acks.send(resend).await.map_err(|_| End::AckWriterGone);
         }
-        let Some(prepared) = self.pipeline.prepare(batch, &mut self.lanes, memory) else {
+        let Some(prepared) = self.pipeline.prepare(
+            batch,
+            self.settings.tenant.as_deref(),
+            &mut self.lanes,
+            memory,
+        ) else {
             // Nothing to store (no route, no valid record): acked as it is.
             return match ack {
                 Some(ack) => self.acks.send(ack).await.map_err(|_| End::AckWriterGone),
@@ -803,6 +808,7 @@ mod tests {
                 max_connections_per_source: 0,
                 tls: None,
                 auth: None,
+                tenant: None,
             }),
             pipeline: pipeline(dir),
             shutdown: CancellationToken::new(),

@@ -107,6 +107,8 @@ pub struct ListenerSettings {
     pub tls: Option<ListenerTls>,
     /// The shared-key handshake policy, when configured.
     pub auth: Option<Arc<ServerAuth>>,
+    /// The tenant of every record received here (`tenant` of the listener).
+    pub tenant: Option<Arc<str>>,
 }
 
 impl ListenerSettings {
@@ -154,6 +156,7 @@ impl ListenerSettings {
             max_connections_per_source: config.max_connections_per_source,
             tls,
             auth: config.auth.as_ref().map(|a| Arc::new(build_auth(label, a))),
+            tenant: config.tenant.as_deref().map(Arc::from),
         })
     }
 }
