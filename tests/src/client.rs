@@ -94,9 +94,20 @@ pub async fn send_acked<S: AsyncRead + AsyncWrite + Unpin>(
     from: u64,
     n: u64,
 ) -> Result<(), String> {
+    send_tagged_acked(stream, "security.e2e", run_id, from, n).await
+}
+
+/// [`send_acked`] with records tagged `tag`.
+pub async fn send_tagged_acked<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    tag: &str,
+    run_id: &str,
+    from: u64,
+    n: u64,
+) -> Result<(), String> {
     let chunk = format!("{run_id}-{from}");
     stream
-        .write_all(&request("security.e2e", run_id, from, n, &chunk))
+        .write_all(&request(tag, run_id, from, n, &chunk))
         .await
         .map_err(|e| format!("write: {e}"))?;
     stream.flush().await.map_err(|e| format!("flush: {e}"))?;

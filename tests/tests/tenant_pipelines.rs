@@ -1,0 +1,611 @@
+//! Talks to: a real `logferry-aggregator` process with `[pipelines]` on, over raw Forward
+//! connections from this test (one connection carrying every tenant, as a forwarder's does),
+//! and its admin listener (`/pipelines`). Outputs are files; every record is counted by its
+//! sequence number.
+//!
+//! What is shown: each tenant's records reach exactly its own pipelines' outputs; a file with
+//! several errors is rejected with all of them (in `validate --pipeline` and in the status)
+//! while every other pipeline keeps delivering; an edit that breaks a running pipeline keeps
+//! its last good version delivering, and the fix applies within seconds; editing one
+//! pipeline's output leaves another pipeline's buffer and worker alone.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use logferry_e2e::client::{send_tagged_acked, tcp};
+use logferry_e2e::{
+    aggregator_bin, http_get, read_output, toml_path, unique_id, wait_for_records, wait_until,
+    Aggregator, AggregatorConfig,
+};
+use serde_json::Value;
+
+/// The forwarder's tag of a container `container` of pod `pod` in namespace `ns`.
+fn kube_tag(pod: &str, ns: &str, container: &str) -> String {
+    format!(
+        "kube.var.log.containers.{pod}_{ns}_{container}-{}.log",
+        "0f".repeat(32)
+    )
+}
+
+struct Tenants {
+    dir: tempfile::TempDir,
+}
+
+impl Tenants {
+    fn new() -> Tenants {
+        let t = Tenants {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(t.pipelines()).unwrap();
+        std::fs::create_dir_all(t.files()).unwrap();
+        t
+    }
+
+    fn pipelines(&self) -> PathBuf {
+        self.dir.path().join("pipelines")
+    }
+
+    fn files(&self) -> PathBuf {
+        self.dir.path().join("files")
+    }
+
+    /// Where `tenant`'s pipeline `name` writes (its file output).
+    fn out(&self, tenant: &str, name: &str) -> PathBuf {
+        self.files().join(tenant).join(name)
+    }
+
+    fn policy(&self) -> PathBuf {
+        self.dir.path().join("policy.toml")
+    }
+
+    /// Writes a pipeline file atomically (as a ConfigMap update does), dated in the past so
+    /// the next rescan takes it at once.
+    fn write(&self, tenant: &str, name: &str, text: &str) {
+        let dir = self.pipelines().join(tenant);
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        let past = std::time::SystemTime::now() - Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&tmp)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        std::fs::rename(&tmp, dir.join(format!("{name}.toml"))).unwrap();
+    }
+
+    /// A pipeline of `tenant` with one file output into [`Tenants::out`], plus `extra`.
+    fn file_pipeline(&self, tenant: &str, name: &str, extra: &str) -> String {
+        format!(
+            "{extra}\n[outputs.out]\ntype = \"file\"\npath = {}\n",
+            toml_path(&self.out(tenant, name))
+        )
+    }
+
+    fn config(&self) -> AggregatorConfig {
+        std::fs::write(
+            self.policy(),
+            format!(
+                "[default]\noutput_types = [\"file\"]\nfile_root = {}\nmax_pipelines = 4\n[tenants.shop]\nhosts = [\"es.shop.svc\"]\noutput_types = [\"file\", \"elasticsearch\"]\n",
+                toml_path(&self.files())
+            ),
+        )
+        .unwrap();
+        AggregatorConfig {
+            extra_toml: format!(
+                "\n[pipelines]\ndir = {}\npolicy = {}\nrescan_interval = \"200ms\"\ndrain_timeout = \"5s\"\n",
+                toml_path(&self.pipelines()),
+                toml_path(&self.policy())
+            ),
+            ..AggregatorConfig::default()
+        }
+    }
+}
+
+fn status(agg: &Aggregator, path: &str) -> Value {
+    let (code, body) = http_get(agg.admin_addr, path).unwrap();
+    assert_eq!(code, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn wait_for_state(agg: &Aggregator, tenant: &str, name: &str, state: &str) -> Value {
+    let path = format!("/pipelines/{tenant}/{name}");
+    wait_until(
+        &format!("{tenant}/{name} to be {state}"),
+        Duration::from_secs(20),
+        || {
+            let (code, body) = http_get(agg.admin_addr, &path).ok()?;
+            let v: Value = serde_json::from_str(&body).ok().filter(|_| code == 200)?;
+            (v["state"] == state).then_some(v)
+        },
+    )
+}
+
+/// The `run_id`s found under `dir`.
+fn runs_in(dir: &Path) -> BTreeSet<String> {
+    read_output(dir)
+        .iter()
+        .filter_map(|v| v["record"]["run_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_tenant_gets_exactly_its_own_records_over_one_shared_connection() {
+    let t = Tenants::new();
+    let tenants: Vec<String> = (0..10).map(|i| format!("team-{i}")).collect();
+    for tenant in &tenants {
+        t.write(tenant, "all", &t.file_pipeline(tenant, "all", ""));
+        // The second pipeline takes only the `api` container.
+        t.write(
+            tenant,
+            "api",
+            &t.file_pipeline(tenant, "api", "[match]\ncontainers = [\"api\"]\n"),
+        );
+    }
+    let agg = Aggregator::start_with(t.config());
+    for tenant in &tenants {
+        wait_for_state(&agg, tenant, "all", "active");
+        wait_for_state(&agg, tenant, "api", "active");
+    }
+    let (per_request, requests) = (50u64, 4u64);
+    let n = per_request * requests;
+    let mut stream = tcp(agg.forward_addr).await;
+    let run = |tenant: &str, container: &str| format!("{}-{tenant}-{container}", unique_id("mix"));
+    let runs: Vec<(String, String, String)> = tenants
+        .iter()
+        .chain(std::iter::once(&"nobody".to_owned()))
+        .flat_map(|tenant| ["web", "api"].map(|c| (tenant.clone(), c.to_owned(), run(tenant, c))))
+        .collect();
+    // Interleaved: request k of every tenant and container, then request k + 1.
+    for k in 0..requests {
+        for (tenant, container, run_id) in &runs {
+            let tag = kube_tag(&format!("pod-{container}"), tenant, container);
+            send_tagged_acked(&mut stream, &tag, run_id, k * per_request, per_request)
+                .await
+                .unwrap();
+        }
+    }
+    for (tenant, container, run_id) in &runs {
+        // The admin's catch-all route gets everything, tenants or not.
+        wait_for_records(&agg.out_dir, run_id, n, Duration::from_secs(60));
+        if tenant == "nobody" {
+            continue;
+        }
+        let all = wait_for_records(&t.out(tenant, "all"), run_id, n, Duration::from_secs(60));
+        assert_eq!(all.unique, n, "{tenant}/{container}");
+        if container == "api" {
+            wait_for_records(&t.out(tenant, "api"), run_id, n, Duration::from_secs(60));
+        }
+    }
+    // Nothing of another tenant, nor of another container where one was chosen.
+    for tenant in &tenants {
+        let own = |c: &str| {
+            runs.iter()
+                .find(|r| r.0 == *tenant && r.1 == c)
+                .unwrap()
+                .2
+                .clone()
+        };
+        assert_eq!(
+            runs_in(&t.out(tenant, "all")),
+            BTreeSet::from([own("web"), own("api")]),
+            "{tenant}/all"
+        );
+        assert_eq!(
+            runs_in(&t.out(tenant, "api")),
+            BTreeSet::from([own("api")]),
+            "{tenant}/api"
+        );
+        let s = status(&agg, &format!("/pipelines/{tenant}/all"));
+        assert_eq!(s["records_in"], 2 * n, "{s}");
+    }
+    assert_eq!(
+        status(&agg, "/pipelines").as_array().unwrap().len(),
+        2 * tenants.len()
+    );
+}
+
+#[tokio::test]
+async fn a_broken_file_is_rejected_with_every_error_and_never_stops_the_running_version() {
+    let t = Tenants::new();
+    t.write("shop", "web", &t.file_pipeline("shop", "web", ""));
+    t.write("other", "web", &t.file_pipeline("other", "web", ""));
+    // Three errors of three kinds: an unknown key, a regex that does not compile, and a
+    // destination the policy does not allow.
+    let bad = r#"[match]
+containerz = ["web"]
+
+[parse]
+format = "regex"
+pattern = "(?P<unclosed"
+
+[outputs.es]
+type = "elasticsearch"
+endpoints = ["http://es.elsewhere.svc:9200"]
+"#;
+    t.write("shop", "bad", bad);
+    let agg = Aggregator::start_with(t.config());
+    wait_for_state(&agg, "shop", "web", "active");
+    wait_for_state(&agg, "other", "web", "active");
+    let rejected = wait_for_state(&agg, "shop", "bad", "rejected");
+    let keys: Vec<&str> = rejected["rejected"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["match", "parse.pattern", "outputs.es"], "{rejected}");
+
+    // The same three from the command line the team's CI runs, with their lines.
+    let out = std::process::Command::new(aggregator_bin())
+        .args(["validate", "--pipeline"])
+        .arg(t.pipelines().join("shop/bad.toml"))
+        .arg("--policy")
+        .arg(t.policy())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("3 error(s)"), "{stderr}");
+    assert!(
+        stderr.contains("match (line 2)") && stderr.contains("containerz"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("parse.pattern"), "{stderr}");
+    assert!(stderr.contains("es.elsewhere.svc:9200"), "{stderr}");
+
+    let mut stream = tcp(agg.forward_addr).await;
+    let shop = kube_tag("web-1", "shop", "web");
+    let other = kube_tag("web-1", "other", "web");
+    let (shop_run, other_run) = (unique_id("shop"), unique_id("other"));
+    let per = 100u64;
+    let mut sent = 0u64;
+    // `per` records of each tenant from `sent` on, both acked.
+    macro_rules! send {
+        () => {
+            send_tagged_acked(&mut stream, &shop, &shop_run, sent, per)
+                .await
+                .unwrap();
+            send_tagged_acked(&mut stream, &other, &other_run, sent, per)
+                .await
+                .unwrap();
+            sent += per;
+        };
+    }
+    send!();
+
+    // Break the running pipeline: its last good version keeps delivering.
+    t.write(
+        "shop",
+        "web",
+        &t.file_pipeline("shop", "web", "[buffer]\ntotal_limit_size = \"lots\"\n"),
+    );
+    let stale = wait_for_state(&agg, "shop", "web", "stale");
+    assert_eq!(
+        stale["rejected"]["errors"][0]["key"], "buffer.total_limit_size",
+        "{stale}"
+    );
+    for _ in 0..3 {
+        send!();
+    }
+    wait_for_records(
+        &t.out("shop", "web"),
+        &shop_run,
+        sent,
+        Duration::from_secs(60),
+    );
+
+    // Fix it with a change of its parse and filters (its output is the same): it applies.
+    t.write(
+        "shop",
+        "web",
+        &t.file_pipeline(
+            "shop",
+            "web",
+            "[[filter]]\ntype = \"add_field\"\nkey = \"team\"\nvalue = \"shop\"\n",
+        ),
+    );
+    let active = wait_for_state(&agg, "shop", "web", "active");
+    assert!(active["rejected"].is_null(), "{active}");
+    let fixed_from = sent;
+    for _ in 0..2 {
+        send!();
+    }
+    wait_for_records(
+        &t.out("shop", "web"),
+        &shop_run,
+        sent,
+        Duration::from_secs(60),
+    );
+    let tagged = read_output(&t.out("shop", "web"))
+        .into_iter()
+        .filter(|v| v["record"]["seq"].as_u64().is_some_and(|s| s >= fixed_from))
+        .all(|v| v["record"]["team"] == "shop");
+    assert!(tagged, "records after the fix carry the added field");
+
+    // The other tenant's pipeline never noticed: every record, one applied version.
+    wait_for_records(
+        &t.out("other", "web"),
+        &other_run,
+        sent,
+        Duration::from_secs(60),
+    );
+    let other_status = status(&agg, "/pipelines/other/web");
+    assert_eq!(other_status["state"], "active");
+    assert_eq!(other_status["records_in"], sent, "{other_status}");
+}
+
+#[tokio::test]
+async fn editing_one_pipelines_output_leaves_the_others_buffer_and_worker_alone() {
+    let t = Tenants::new();
+    t.write("shop", "web", &t.file_pipeline("shop", "web", ""));
+    t.write("shop", "api", &t.file_pipeline("shop", "api", ""));
+    let agg = Aggregator::start_with(t.config());
+    let web_before = wait_for_state(&agg, "shop", "web", "active");
+    let api_before = wait_for_state(&agg, "shop", "api", "active");
+    // An output's buffer is opened (and recovered) once per start of its worker.
+    let opened = |output: &str| {
+        agg.logs()
+            .iter()
+            .filter(|l| l.contains("buffer recovered") && l.contains(&format!("\"{output}\"")))
+            .count()
+    };
+    assert_eq!((opened("shop/web/out"), opened("shop/api/out")), (1, 1));
+
+    let mut stream = tcp(agg.forward_addr).await;
+    let (web_run, api_run) = (unique_id("web"), unique_id("api"));
+    let web = kube_tag("web-1", "shop", "web");
+    let api = kube_tag("api-1", "shop", "api");
+    let old_dest = t.out("shop", "web");
+    let new_dest = t.out("shop", "web-moved");
+    send_tagged_acked(&mut stream, &web, &web_run, 0, 100)
+        .await
+        .unwrap();
+    send_tagged_acked(&mut stream, &api, &api_run, 0, 100)
+        .await
+        .unwrap();
+    // A new destination for `web` only.
+    t.write(
+        "shop",
+        "web",
+        &format!(
+            "[outputs.out]\ntype = \"file\"\npath = {}\n",
+            toml_path(&new_dest)
+        ),
+    );
+    wait_until("web's new version", Duration::from_secs(20), || {
+        let v = status(&agg, "/pipelines/shop/web");
+        (v["applied"]["hash"] != web_before["applied"]["hash"] && v["state"] == "active")
+            .then_some(())
+    });
+    send_tagged_acked(&mut stream, &web, &web_run, 100, 100)
+        .await
+        .unwrap();
+    send_tagged_acked(&mut stream, &api, &api_run, 100, 100)
+        .await
+        .unwrap();
+    // Every record of `web` is delivered, to the old destination or the new one (what the
+    // old output had not delivered, the new one delivers from the same buffer directory).
+    wait_until("all 200 records of web", Duration::from_secs(60), || {
+        let seqs: BTreeSet<u64> = read_output(&new_dest)
+            .into_iter()
+            .chain(read_output(&old_dest))
+            .filter(|v| v["record"]["run_id"] == web_run.as_str())
+            .filter_map(|v| v["record"]["seq"].as_u64())
+            .collect();
+        (seqs.len() == 200).then_some(())
+    });
+    wait_for_records(
+        &t.out("shop", "api"),
+        &api_run,
+        200,
+        Duration::from_secs(60),
+    );
+    // `web`'s output was started again; `api` kept its version, buffer and worker.
+    assert_eq!((opened("shop/web/out"), opened("shop/api/out")), (2, 1));
+    let api_after = status(&agg, "/pipelines/shop/api");
+    assert_eq!(api_after["applied"], api_before["applied"]);
+}
+
+// The load runs on its own task while this one waits and kills (blocking calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_around_an_apply_under_load_loses_no_acked_record_of_any_pipeline() {
+    let t = Tenants::new();
+    let tenants = ["alpha", "beta", "gamma"];
+    for tenant in tenants {
+        t.write(tenant, "main", &t.file_pipeline(tenant, "main", ""));
+    }
+    let mut agg = Aggregator::start_with(t.config());
+    for tenant in tenants {
+        wait_for_state(&agg, tenant, "main", "active");
+    }
+    let runs: Vec<String> = tenants.iter().map(|t| unique_id(t)).collect();
+    let per = 100u64;
+    // Load until the connection breaks: the records of every acked request, per tenant.
+    let acked: Arc<Vec<AtomicU64>> = Arc::new(tenants.iter().map(|_| AtomicU64::new(0)).collect());
+    let mut stream = tcp(agg.forward_addr).await;
+    let load = {
+        let (acked, runs) = (Arc::clone(&acked), runs.clone());
+        tokio::spawn(async move {
+            for round in 0..1000u64 {
+                for (i, (tenant, run)) in tenants.iter().zip(&runs).enumerate() {
+                    let tag = kube_tag("app-1", tenant, "app");
+                    if send_tagged_acked(&mut stream, &tag, run, round * per, per)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    acked[i].store((round + 1) * per, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    wait_until("some load", Duration::from_secs(30), || {
+        (acked[2].load(Ordering::SeqCst) >= 5 * per).then_some(())
+    });
+    // An apply of every pipeline (a new filter each) while the load runs, and the kill
+    // while it is being applied or just after.
+    for tenant in tenants {
+        t.write(
+            tenant,
+            "main",
+            &t.file_pipeline(
+                tenant,
+                "main",
+                "[[filter]]\ntype = \"add_field\"\nkey = \"v\"\nvalue = \"2\"\n",
+            ),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    agg.sigkill();
+    load.await.unwrap();
+    agg.restart();
+    for tenant in tenants {
+        wait_for_state(&agg, tenant, "main", "active");
+    }
+    for (i, (tenant, run)) in tenants.iter().zip(&runs).enumerate() {
+        let n = acked[i].load(Ordering::SeqCst);
+        assert!(n >= 5 * per, "{tenant}: {n} acked");
+        let count = wait_for_records(&t.out(tenant, "main"), run, n, Duration::from_secs(60));
+        assert_eq!(count.missing, 0, "{tenant}");
+        // Nothing of the other tenants.
+        assert_eq!(
+            runs_in(&t.out(tenant, "main")),
+            BTreeSet::from([run.clone()])
+        );
+    }
+}
+
+#[test]
+fn json_regex_and_logfmt_parse_real_lines_and_failures_are_shown_to_the_team() {
+    let t = Tenants::new();
+    t.write(
+        "shop",
+        "json",
+        &t.file_pipeline(
+            "shop",
+            "json",
+            "[match]\ncontainers = [\"api\"]\n[parse]\nformat = \"json\"\nkeep_original = false\n",
+        ),
+    );
+    t.write(
+        "shop",
+        "nginx",
+        &t.file_pipeline(
+            "shop",
+            "nginx",
+            r#"[match]
+containers = ["nginx"]
+[parse]
+format = "regex"
+pattern = '^(?P<remote>\S+) \S+ \S+ \[(?P<when>[^\]]+)\] "(?P<method>\S+) (?P<path>\S+) \S+" (?P<status>\d{3}) (?P<size>\d+)'
+"#,
+        ),
+    );
+    t.write(
+        "shop",
+        "go",
+        &t.file_pipeline(
+            "shop",
+            "go",
+            "[match]\ncontainers = [\"worker\"]\n[parse]\nformat = \"logfmt\"\non_error = \"dead_letter\"\n",
+        ),
+    );
+    let agg = Aggregator::start_with(t.config());
+    for name in ["json", "nginx", "go"] {
+        wait_for_state(&agg, "shop", name, "active");
+    }
+    let addr = agg.forward_addr.to_string();
+    let line = |log: &str| serde_json::json!({ "log": log, "stream": "stdout" });
+    // A docker line split at 16 KiB: the first piece is 16384 bytes of a JSON object.
+    let head = r#"{"level":"info","msg":""#;
+    let long = format!("{head}{}", "x".repeat(16384 - head.len()));
+    assert_eq!(long.len(), 16384);
+    logferry_e2e::client::send_json_acked(
+        &addr,
+        &kube_tag("api-1", "shop", "api"),
+        &[
+            line(r#"{"level":"error","msg":"payment failed","order":1234,"latency_ms":12.5}"#),
+            line(&long),
+        ],
+        2,
+    );
+    logferry_e2e::client::send_json_acked(
+        &addr,
+        &kube_tag("web-1", "shop", "nginx"),
+        &[line(
+            r#"10.1.2.3 - - [07/Dec/2026:21:00:00 +0000] "GET /cart?id=7 HTTP/1.1" 200 5123 "-" "curl/8.5""#,
+        )],
+        1,
+    );
+    logferry_e2e::client::send_json_acked(
+        &addr,
+        &kube_tag("worker-1", "shop", "worker"),
+        &[
+            line(r#"level=info msg="job done" job=resize dur=1.2ms ok"#),
+            line(r#"level=warn msg="unterminated"#),
+        ],
+        2,
+    );
+    let records = |name: &str, n: usize| {
+        wait_until(
+            &format!("{n} records of {name}"),
+            Duration::from_secs(30),
+            || {
+                let lines = read_output(&t.out("shop", name));
+                (lines.len() >= n).then_some(lines)
+            },
+        )
+    };
+    let json = records("json", 2);
+    let parsed = json
+        .iter()
+        .find(|v| v["record"]["order"] == 1234)
+        .expect("parsed JSON");
+    assert_eq!(parsed["record"]["level"], "error");
+    assert!(
+        parsed["record"].get("log").is_none(),
+        "keep_original = false: {parsed}"
+    );
+    let raw = json
+        .iter()
+        .find(|v| v["record"].get("_parse_error").is_some())
+        .expect("kept raw");
+    assert_eq!(raw["record"]["log"].as_str().map(str::len), Some(16384));
+
+    let nginx = records("nginx", 1);
+    assert_eq!(nginx[0]["record"]["method"], "GET", "{}", nginx[0]);
+    assert_eq!(nginx[0]["record"]["path"], "/cart?id=7");
+    assert_eq!(nginx[0]["record"]["status"], "200");
+
+    let go = records("go", 1);
+    assert_eq!(go[0]["record"]["msg"], "job done", "{}", go[0]);
+    assert_eq!(go[0]["record"]["ok"], true);
+
+    // The team sees its parse errors: the split line with its hint.
+    let json_status = status(&agg, "/pipelines/shop/json");
+    assert_eq!(
+        json_status["parse_errors"]["invalid_json"], 1,
+        "{json_status}"
+    );
+    let sample = &json_status["parse_error_samples"][0];
+    assert_eq!(sample["split_hint"], true, "{json_status}");
+    assert!(sample["sample"].as_str().unwrap().len() <= 256);
+    // dead_letter: the raw record is kept in the output's dead letters, not delivered.
+    wait_until("the logfmt dead letter", Duration::from_secs(30), || {
+        let dir = agg.buffer_dir.join("pipelines/shop/go/out/dead-letter");
+        let files = std::fs::read_dir(dir).ok()?.count();
+        (files > 0).then_some(())
+    });
+    assert_eq!(read_output(&t.out("shop", "go")).len(), 1);
+    let go_status = status(&agg, "/pipelines/shop/go");
+    assert_eq!(
+        go_status["parse_errors"]["invalid_logfmt"], 1,
+        "{go_status}"
+    );
+}
