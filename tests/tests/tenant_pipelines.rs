@@ -609,3 +609,120 @@ pattern = '^(?P<remote>\S+) \S+ \S+ \[(?P<when>[^\]]+)\] "(?P<method>\S+) (?P<pa
         "{go_status}"
     );
 }
+
+/// p99 of `samples` (sorted in place).
+fn p99(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+}
+
+// Two tasks: the healthy tenant's sender and the dead one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_dead_destination_fills_only_its_own_buffer() {
+    let t = Tenants::new();
+    t.write("good", "main", &t.file_pipeline("good", "main", ""));
+    // A destination that can never be written: its directory's parent is a file.
+    let blocker = t.files().join("dead/blocker");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, "not a directory").unwrap();
+    t.write(
+        "dead",
+        "main",
+        &format!(
+            "[buffer]\ntotal_limit_size = \"64KiB\"\n[outputs.out]\ntype = \"file\"\npath = {}\nretry = {{ initial = \"50ms\", max_interval = \"200ms\", forever = true }}\n",
+            toml_path(&blocker.join("out"))
+        ),
+    );
+    let agg = Aggregator::start_with(AggregatorConfig {
+        chunk_limit_size: "16KiB".into(),
+        ..t.config()
+    });
+    wait_for_state(&agg, "good", "main", "active");
+    wait_for_state(&agg, "dead", "main", "active");
+
+    // The healthy tenant's ack latency alone, beside a healthy tenant as busy as the dead one
+    // will be, and beside the dead one: isolation means the last two are alike (the first is
+    // lower: the other sender shares the two cores and the admin output's fsyncs).
+    let good_tag = kube_tag("app-1", "good", "app");
+    let per = 50u64;
+    let mut good = tcp(agg.forward_addr).await;
+    let good_run = unique_id("good");
+    let mut sent = 0u64;
+    let mut phase = |other: Option<(&'static str, String)>| {
+        let addr = agg.forward_addr;
+        let load = other.map(|(tenant, run)| {
+            tokio::spawn(async move {
+                let mut s = tcp(addr).await;
+                let tag = kube_tag("app-1", tenant, "app");
+                for i in 0..200u64 {
+                    send_tagged_acked(&mut s, &tag, &run, i * per, per)
+                        .await
+                        .unwrap();
+                }
+            })
+        });
+        let from = sent;
+        sent += 100;
+        (load, from)
+    };
+    let mut latencies = Vec::new();
+    let busy_run = unique_id("busy");
+    let dead_run = unique_id("dead");
+    t.write("busy", "main", &t.file_pipeline("busy", "main", ""));
+    wait_for_state(&agg, "busy", "main", "active");
+    for other in [
+        None,
+        Some(("busy", busy_run.clone())),
+        Some(("dead", dead_run.clone())),
+    ] {
+        let (load, from) = phase(other);
+        let mut samples = Vec::new();
+        for i in from..from + 100 {
+            let start = std::time::Instant::now();
+            send_tagged_acked(&mut good, &good_tag, &good_run, i * per, per)
+                .await
+                .unwrap();
+            samples.push(start.elapsed());
+        }
+        if let Some(load) = load {
+            load.await.unwrap();
+        }
+        latencies.push(p99(&mut samples));
+    }
+    wait_for_records(
+        &t.out("good", "main"),
+        &good_run,
+        sent * per,
+        Duration::from_secs(60),
+    );
+    wait_for_records(
+        &t.out("busy", "main"),
+        &busy_run,
+        200 * per,
+        Duration::from_secs(60),
+    );
+    eprintln!(
+        "p99 ack latency of the healthy tenant ({per} records a request): alone {:?}, beside a busy healthy tenant {:?}, beside a dead tenant {:?}",
+        latencies[0], latencies[1], latencies[2]
+    );
+    // The dead tenant's buffer filled and dropped its own oldest chunks; its status says why.
+    let dead = status(&agg, "/pipelines/dead/main");
+    let out = &dead["outputs"][0];
+    assert_eq!(out["delivering"], false, "{dead}");
+    assert!(
+        out["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{dead}"
+    );
+    assert!(out["buffer_bytes"].as_u64().unwrap() <= 64 * 1024, "{dead}");
+    let dropped = logferry_e2e::metric(
+        &agg,
+        "logferry_dropped_records_total{reason=\"drop_oldest_chunk\"}",
+    );
+    assert!(dropped > 0.0, "the dead tenant's buffer dropped nothing");
+    assert_eq!(
+        status(&agg, "/pipelines/good/main")["outputs"][0]["delivering"],
+        true
+    );
+    // The admin's catch-all output got everything of both.
+    wait_for_records(&agg.out_dir, &dead_run, 200 * per, Duration::from_secs(60));
+}

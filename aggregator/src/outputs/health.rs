@@ -13,6 +13,7 @@
 //! - `unready_after = 0` never makes the aggregator unready.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use logferry_common::telemetry;
@@ -26,6 +27,8 @@ pub struct OutputHealth {
     failing_since_ms: AtomicU64,
     /// Failing longer than this makes the aggregator unready (zero: never).
     unready_after: Duration,
+    /// What the latest failure was, while failing.
+    last_error: Mutex<Option<String>>,
 }
 
 impl OutputHealth {
@@ -35,6 +38,7 @@ impl OutputHealth {
             name: name.to_owned(),
             failing_since_ms: AtomicU64::new(0),
             unready_after,
+            last_error: Mutex::new(None),
         }
     }
 
@@ -62,9 +66,18 @@ impl OutputHealth {
         }
     }
 
-    /// Marks the output failing (from now, unless it already is) or healthy, and publishes.
-    pub(super) fn set_failing(&self, failing: bool) {
-        if failing {
+    /// The latest failure, while the output is failing.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Marks the output failing with `error` (from now, unless it already is) or, with
+    /// `None`, healthy; and publishes.
+    pub(super) fn set_failing(&self, error: Option<&str>) {
+        if error.is_some() {
             let _ = self.failing_since_ms.compare_exchange(
                 0,
                 unix_millis(),
@@ -74,6 +87,7 @@ impl OutputHealth {
         } else {
             self.failing_since_ms.store(0, Ordering::Relaxed);
         }
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error.map(str::to_owned);
         self.publish();
     }
 

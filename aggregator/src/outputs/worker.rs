@@ -225,7 +225,7 @@ async fn deliver_chunk(
             Err(ChunkError::Gone { .. }) => return ChunkEnd::Done,
             Err(e) => {
                 failures += 1;
-                ctx.health.set_failing(true);
+                ctx.health.set_failing(Some(&e.to_string()));
                 telemetry::OUTPUT_ERRORS
                     .with_label_values(&[&ctx.name, FailureKind::ChunkRead.as_str()])
                     .inc();
@@ -240,7 +240,7 @@ async fn deliver_chunk(
                 if let Some(reason) = reason {
                     if quarantine(ctx, buffer, chunk, reason).await {
                         // What was failing is dealt with; the next chunk tells the output's health.
-                        ctx.health.set_failing(false);
+                        ctx.health.set_failing(None);
                         return ChunkEnd::Quarantined;
                     }
                 }
@@ -363,10 +363,11 @@ pub(crate) async fn deliver_records(
             }
         }
         let Some(last) = last else {
-            ctx.health.set_failing(false);
+            ctx.health.set_failing(None);
             break;
         };
-        ctx.health.set_failing(true);
+        ctx.health
+            .set_failing(Some(&format!("{}: {}", last.kind, last.reason)));
         let since = *first_failure.get_or_insert_with(Instant::now);
         if !retry.forever && since.elapsed() >= retry.timeout {
             tracing::error!(
@@ -413,7 +414,7 @@ async fn write_dead_letters(ctx: &Ctx, dead: &[DeadItem], hard_stop: &Cancellati
         match written {
             Ok(()) => return true,
             Err(e) => {
-                ctx.health.set_failing(true);
+                ctx.health.set_failing(Some(&e.to_string()));
                 telemetry::OUTPUT_ERRORS
                     .with_label_values(&[&ctx.name, FailureKind::DeadLetter.as_str()])
                     .inc();

@@ -280,9 +280,11 @@ pub struct OutputStatus {
     pub name: String,
     /// Its type.
     pub r#type: &'static str,
-    /// Whether it delivers.
-    pub ready: bool,
-    /// Why not.
+    /// Whether it delivers: false from its first failure until a delivery succeeds.
+    pub delivering: bool,
+    /// For how long it has been failing.
+    pub failing_seconds: Option<u64>,
+    /// The latest failure, while failing.
     pub last_error: Option<String>,
     /// Bytes in its buffer.
     pub buffer_bytes: u64,
@@ -688,12 +690,13 @@ fn status(key: &Key, entry: &Entry) -> PipelineStatus {
                 .iter()
                 .map(|(name, o)| {
                     let usage = o.buffer.usage();
-                    let readiness = o.health.readiness();
+                    let failing = o.health.failing_for();
                     OutputStatus {
                         name: name.clone(),
                         r#type: o.config.type_name(),
-                        ready: readiness.is_ok(),
-                        last_error: readiness.err(),
+                        delivering: failing.is_none(),
+                        failing_seconds: failing.map(|d| d.as_secs()),
+                        last_error: o.health.last_error(),
                         buffer_bytes: usage.bytes,
                         buffer_limit: usage.limit,
                     }
