@@ -15,6 +15,7 @@
 //! Elasticsearch downstream).
 
 use std::fmt;
+use std::ops::Range;
 
 use crate::msgpack;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -67,12 +68,12 @@ impl<'de, F: Fn(&str) -> bool> Visitor<'de> for Top<'_, F> {
             full: members.count as usize >= MAX_KEYS,
         })? {
             match written {
-                Some(key_at) => {
+                Some(key) => {
                     map.next_value_seed(Value {
                         out: &mut *self.out,
                         depth: 1,
                     })?;
-                    members.add(key_at);
+                    members.add(key);
                 }
                 None => {
                     // Read like any value (so a message merges only if all of it is valid
@@ -88,9 +89,10 @@ impl<'de, F: Fn(&str) -> bool> Visitor<'de> for Top<'_, F> {
     }
 }
 
-/// Where the keys of one object start in its buffer, to keep the first of repeated keys.
+/// Where the bytes of the keys of one object are in its buffer, to keep the first of repeated
+/// keys.
 struct Members {
-    keys: Vec<usize>,
+    keys: Vec<Range<usize>>,
     count: u32,
 }
 
@@ -102,24 +104,22 @@ impl Members {
         }
     }
 
-    fn add(&mut self, key_at: usize) {
-        self.keys.push(key_at);
+    fn add(&mut self, key: Range<usize>) {
+        self.keys.push(key);
         self.count += 1;
     }
 
-    /// Whether `key` was already written (a msgpack str at one of the recorded offsets of
-    /// `buf`). Objects have few keys: a scan costs less than a set.
+    /// Whether `key` was already written (at one of the recorded ranges of `buf`). Objects have
+    /// few keys: a scan of byte comparisons costs less than a set.
     fn has(&self, buf: &[u8], key: &str) -> bool {
-        self.keys.iter().any(|&at| {
-            buf.get(at..)
-                .and_then(|b| rmp::decode::read_str_from_slice(b).ok())
-                .is_some_and(|(k, _)| k == key)
-        })
+        self.keys
+            .iter()
+            .any(|range| buf.get(range.clone()) == Some(key.as_bytes()))
     }
 }
 
-/// Writes a key unless it is skipped, already present, or the object is full; yields the
-/// offset it was written at.
+/// Writes a key unless it is skipped, already present, or the object is full; yields where its
+/// bytes (after the str header) were written.
 struct Key<'a, F> {
     out: &'a mut Vec<u8>,
     members: &'a Members,
@@ -128,27 +128,27 @@ struct Key<'a, F> {
 }
 
 impl<'de, F: Fn(&str) -> bool> DeserializeSeed<'de> for Key<'_, F> {
-    type Value = Option<usize>;
+    type Value = Option<Range<usize>>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Range<usize>>, D::Error> {
         d.deserialize_str(self)
     }
 }
 
 impl<'de, F: Fn(&str) -> bool> Visitor<'de> for Key<'_, F> {
-    type Value = Option<usize>;
+    type Value = Option<Range<usize>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an object key")
     }
 
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Option<Range<usize>>, E> {
         if self.full || self.skip.is_some_and(|skip| skip(key)) || self.members.has(self.out, key) {
             return Ok(None);
         }
-        let at = self.out.len();
         msgpack::write_str(self.out, key);
-        Ok(Some(at))
+        let end = self.out.len();
+        Ok(Some(end.saturating_sub(key.len())..end))
     }
 }
 
@@ -240,12 +240,12 @@ impl<'de> Visitor<'de> for Value<'_> {
             full: false,
         })? {
             match written {
-                Some(key_at) => {
+                Some(key) => {
                     map.next_value_seed(Value {
                         out: &mut inner,
                         depth: self.depth + 1,
                     })?;
-                    members.add(key_at);
+                    members.add(key);
                 }
                 None => {
                     map.next_value_seed(Value {
