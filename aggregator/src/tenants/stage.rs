@@ -168,12 +168,14 @@ impl Stage {
                             rec.record = Bytes::from(record);
                             keep.push(rec);
                         }
-                        // keep_raw whose record a filter then dropped.
-                        (OnError::KeepRaw, None) => filtered += 1,
-                        (OnError::DeadLetter, _) => dead.push(DeadItem {
-                            rec,
-                            failure: Failure::new(FailureKind::Parse, error.message()),
-                        }),
+                        // keep_raw of a record that is no readable map (nothing can be added
+                        // to it, and no sink could send it): dead letters, like dead_letter.
+                        (OnError::KeepRaw, None) | (OnError::DeadLetter, _) => {
+                            dead.push(DeadItem {
+                                rec,
+                                failure: Failure::new(FailureKind::Parse, error.message()),
+                            })
+                        }
                         (OnError::Drop, _) => parse_dropped += 1,
                     }
                 }
