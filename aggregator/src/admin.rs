@@ -115,6 +115,7 @@ pub async fn serve(
         .route("/dead-letter/replay", post(replay_dead_letters))
         .route("/pipelines", get(pipelines))
         .route("/pipelines/{tenant}/{name}", get(pipeline))
+        .route("/pipelines/{tenant}/{name}/tap", get(tap))
         .with_state(AdminState {
             status,
             reload,
@@ -154,6 +155,75 @@ async fn pipeline(
         )
             .into_response(),
     }
+}
+
+/// Most records one tap request returns.
+const TAP_MAX_LIMIT: usize = 1000;
+/// Longest a tap request waits for records.
+const TAP_MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// `GET /pipelines/<tenant>/<name>/tap?limit=N&wait=10s`: up to `limit` (default 10, at most
+/// 1000) of the pipeline's records as they leave its parse and filters, as JSON lines; it
+/// answers once it has them, or after `wait` (default 10s, at most 60s) with what came.
+async fn tap(
+    State(state): State<AdminState>,
+    axum::extract::Path((tenant, name)): axum::extract::Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> axum::response::Response {
+    let mut limit = 10usize;
+    let mut wait = Duration::from_secs(10);
+    for (key, value) in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        let parsed = match key {
+            "limit" => value
+                .parse()
+                .map(|n: usize| limit = n.clamp(1, TAP_MAX_LIMIT))
+                .is_ok(),
+            "wait" => humantime::parse_duration(value)
+                .map(|d| wait = d.min(TAP_MAX_WAIT))
+                .is_ok(),
+            _ => false,
+        };
+        if !parsed {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("bad query parameter {key}={value} (limit=N, wait=10s)\n"),
+            )
+                .into_response();
+        }
+    }
+    let receiver = match &state.status.pipelines {
+        Some(p) => p.tap(&tenant, &name).await,
+        None => None,
+    };
+    let Some(mut receiver) = receiver else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no pipeline {tenant}/{name}\n"),
+        )
+            .into_response();
+    };
+    let mut body = String::new();
+    let mut taken = 0;
+    let _ = tokio::time::timeout(wait, async {
+        while taken < limit {
+            match receiver.recv().await {
+                Ok(line) => {
+                    body.push_str(&line);
+                    body.push('\n');
+                    taken += 1;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    })
+    .await;
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
 fn json(value: &impl serde::Serialize) -> axum::response::Response {

@@ -726,3 +726,54 @@ async fn one_tenants_dead_destination_fills_only_its_own_buffer() {
     // The admin's catch-all output got everything of both.
     wait_for_records(&agg.out_dir, &dead_run, 200 * per, Duration::from_secs(60));
 }
+
+// The tap's HTTP request blocks a thread while this task sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tap_shows_only_that_pipelines_records_and_stops_at_its_limit() {
+    let t = Tenants::new();
+    t.write(
+        "shop",
+        "web",
+        &t.file_pipeline(
+            "shop",
+            "web",
+            "[[filter]]\ntype = \"add_field\"\nkey = \"team\"\nvalue = \"shop\"\n",
+        ),
+    );
+    t.write("other", "web", &t.file_pipeline("other", "web", ""));
+    let agg = Aggregator::start_with(t.config());
+    wait_for_state(&agg, "shop", "web", "active");
+    wait_for_state(&agg, "other", "web", "active");
+    let admin = agg.admin_addr;
+    let tap = std::thread::spawn(move || {
+        http_get(admin, "/pipelines/shop/web/tap?limit=5&wait=30s").unwrap()
+    });
+    // Records of both tenants until the tap has answered.
+    let mut stream = tcp(agg.forward_addr).await;
+    let (shop_run, other_run) = (unique_id("tap-shop"), unique_id("tap-other"));
+    let mut from = 0;
+    while !tap.is_finished() && from < 100_000 {
+        for (tenant, run) in [("other", &other_run), ("shop", &shop_run)] {
+            let tag = kube_tag("web-1", tenant, "web");
+            send_tagged_acked(&mut stream, &tag, run, from, 20)
+                .await
+                .unwrap();
+        }
+        from += 20;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, body) = tap.join().unwrap();
+    assert_eq!(code, 200, "{body}");
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "{body}");
+    for line in &lines {
+        // After the filters, and of shop only.
+        assert_eq!(line["record"]["run_id"], shop_run.as_str(), "{line}");
+        assert_eq!(line["record"]["team"], "shop", "{line}");
+    }
+    let (code, _) = http_get(agg.admin_addr, "/pipelines/nobody/web/tap?limit=1&wait=1s").unwrap();
+    assert_eq!(code, 404);
+}

@@ -594,6 +594,20 @@ impl Pipelines {
         entries.get(&key).map(|e| status(&key, e))
     }
 
+    /// The tap of a pipeline ([`Stats::tap`](super::stage::Stats::tap)).
+    pub async fn tap(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Option<tokio::sync::broadcast::Receiver<Arc<str>>> {
+        let key = Key {
+            tenant: tenant.to_owned(),
+            name: name.to_owned(),
+        };
+        let entries = self.entries.lock().await;
+        entries.get(&key).map(|e| e.stats.tap())
+    }
+
     /// Shutdown: stops taking records, closes every buffer (sealing its open chunk) and waits
     /// until `deadline` for the workers to deliver what is left; the rest stays on disk.
     pub async fn shutdown(&self, deadline: tokio::time::Instant) {

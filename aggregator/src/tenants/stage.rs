@@ -10,7 +10,12 @@
 //! with a `_parse_error` field, `dead_letter` writes the raw record to the output's dead
 //! letters (kind `parse_error`), `drop` drops it. Every failure is counted by reason and the
 //! last [`SAMPLES`] are kept for the pipeline's status (each cut to 256 bytes, with a hint
-//! when the text is a docker line split at 16 KiB). A pipeline with several outputs parses
+//! when the text is a docker line split at 16 KiB).
+//!
+//! The tap ([`Stats::tap`]) shows a team its records as they leave the parse and filters:
+//! while someone listens, the first output's stage offers at most [`TAP_QUEUE`] records of
+//! each chunk (as JSON, each cut to [`TAP_RECORD_MAX`]); a listener that falls behind skips
+//! records. Nobody listening costs one atomic load per chunk. A pipeline with several outputs parses
 //! once per output; the counts are per pipeline, from its first output only, so they are not
 //! multiplied.
 
@@ -20,20 +25,28 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 use logferry_common::telemetry;
 use serde::Serialize;
+use tokio::sync::broadcast;
 
 use super::transform::{Applied, OnError, ParseError, Transform};
 use crate::outputs::{DeadItem, Failure, FailureKind, Prepare, Rec};
+use crate::record;
 
 /// Parse-error samples kept per pipeline.
 pub const SAMPLES: usize = 5;
 
-/// What a pipeline counts, shared by its outputs' stages and its status.
+/// What a pipeline counts, shared by its outputs' stages and its status; and its tap.
 #[derive(Debug)]
 pub struct Stats {
     tenant: String,
     pipeline: String,
     inner: Mutex<Counts>,
+    tap: broadcast::Sender<Arc<str>>,
 }
+
+/// Records the tap holds for a slow reader; a reader further behind skips records.
+pub const TAP_QUEUE: usize = 64;
+/// Longest record the tap shows (as JSON); longer ones are cut, with `…` at the end.
+pub const TAP_RECORD_MAX: usize = 4096;
 
 /// One parse error, as the status shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +86,46 @@ impl Stats {
             tenant: tenant.to_owned(),
             pipeline: pipeline.to_owned(),
             inner: Mutex::new(Counts::default()),
+            tap: broadcast::channel(TAP_QUEUE).0,
+        }
+    }
+
+    /// Records as they leave the parse and filters (JSON lines `{"tag", "time", "record"}`),
+    /// while the receiver lives. Nothing is sampled while nobody listens.
+    pub fn tap(&self) -> broadcast::Receiver<Arc<str>> {
+        self.tap.subscribe()
+    }
+
+    /// Offers `recs` to the tap's listeners: at most [`TAP_QUEUE`] of one chunk, so a tap
+    /// costs a bounded amount per chunk delivered.
+    fn offer(&self, recs: &[Rec]) {
+        if self.tap.receiver_count() == 0 {
+            return;
+        }
+        for rec in recs.iter().take(TAP_QUEUE) {
+            let mut record = Vec::new();
+            if record::write_json_with(&rec.record, &[], &mut record).is_err() {
+                continue;
+            }
+            let mut text = String::from_utf8_lossy(&record).into_owned();
+            if text.len() > TAP_RECORD_MAX {
+                let mut cut = TAP_RECORD_MAX;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+                text.push('…');
+                text = serde_json::Value::String(text).to_string();
+            }
+            let line = format!(
+                "{{\"tag\":{},\"time\":{},\"record\":{text}}}",
+                serde_json::Value::String(rec.tag.to_string()),
+                serde_json::Value::String(rec.time.to_rfc3339()),
+            );
+            // No listener left: stop.
+            if self.tap.send(Arc::from(line)).is_err() {
+                return;
+            }
         }
     }
 
@@ -184,6 +237,7 @@ impl Stage {
         if self.counts {
             self.stats.dropped("filtered", filtered);
             self.stats.dropped("parse_error", parse_dropped);
+            self.stats.offer(&keep);
         }
         (keep, dead)
     }
@@ -193,6 +247,9 @@ impl Prepare for Stage {
     fn prepare(&self, recs: Vec<Rec>) -> (Vec<Rec>, Vec<DeadItem>) {
         let transform = Arc::clone(&self.transform.read().unwrap_or_else(|e| e.into_inner()));
         if transform.is_identity() {
+            if self.counts {
+                self.stats.offer(&recs);
+            }
             return (recs, Vec::new());
         }
         // A bug in a parser does not take the worker down: this runs on the blocking pool,
