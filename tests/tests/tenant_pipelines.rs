@@ -777,3 +777,34 @@ async fn the_tap_shows_only_that_pipelines_records_and_stops_at_its_limit() {
     let (code, _) = http_get(agg.admin_addr, "/pipelines/nobody/web/tap?limit=1&wait=1s").unwrap();
     assert_eq!(code, 404);
 }
+
+#[tokio::test]
+async fn an_authenticated_user_outside_the_cluster_sends_as_its_tenant() {
+    let t = Tenants::new();
+    t.write("shop", "ext", &t.file_pipeline("shop", "ext", ""));
+    t.write("other", "ext", &t.file_pipeline("other", "ext", ""));
+    let agg = Aggregator::start_with(AggregatorConfig {
+        server_extra: r#"
+[server.auth]
+shared_key = "k3y"
+[[server.auth.users]]
+username = "shop-batch"
+password = "pw"
+tenant = "shop"
+"#
+        .into(),
+        ..t.config()
+    });
+    wait_for_state(&agg, "shop", "ext", "active");
+    let mut stream = tcp(agg.forward_addr).await;
+    logferry_e2e::client::auth(&mut stream, "k3y", Some(("shop-batch", "pw")))
+        .await
+        .unwrap();
+    // Neither a Kubernetes tag nor a namespace in the records: the user says whose they are.
+    let run = unique_id("ext");
+    send_tagged_acked(&mut stream, "batch.nightly", &run, 0, 100)
+        .await
+        .unwrap();
+    wait_for_records(&t.out("shop", "ext"), &run, 100, Duration::from_secs(30));
+    assert!(runs_in(&t.out("other", "ext")).is_empty());
+}

@@ -197,10 +197,18 @@ impl Listeners {
                 }
                 seen_names.push(name.clone());
             }
-            if let Some(tenant) = &s.tenant {
+            let users = s.auth.iter().flat_map(|a| a.users.iter().enumerate());
+            let tenants =
+                s.tenant
+                    .iter()
+                    .map(|t| ("tenant".to_owned(), t))
+                    .chain(users.filter_map(|(j, u)| {
+                        Some((format!("auth.users[{j}].tenant"), u.tenant.as_ref()?))
+                    }));
+            for (k, tenant) in tenants {
                 if !super::is_dns_label(tenant) {
                     err(
-                        "tenant",
+                        &k,
                         format!("{tenant:?} is not a tenant name (a DNS label: [a-z0-9-])"),
                     );
                 }
@@ -462,6 +470,10 @@ pub struct UserConfig {
     pub username: String,
     /// Password (use `${ENV}`).
     pub password: Secret,
+    /// The tenant of every record this user sends (tenant pipelines); overrides the
+    /// listener's.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// `auth.clients`: one source rule.

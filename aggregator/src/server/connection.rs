@@ -316,6 +316,7 @@ async fn serve<S: Stream>(
     let pipeline = Arc::clone(&listener.pipeline);
     let mut c = Conn {
         source: Source::new(&listener.name, user.as_deref(), peer.ip()),
+        tenant: settings.tenant_of(user.as_deref()),
         lanes: Lanes::new(),
         pipeline,
         settings,
@@ -385,6 +386,8 @@ struct Conn<'a> {
     pipeline: Arc<Pipeline>,
     settings: &'a ListenerSettings,
     source: Source,
+    /// The tenant of this connection's records (its user's or its listener's), if it has one.
+    tenant: Option<Arc<str>>,
     decoder: Decoder,
     buf: BytesMut,
     /// One task per request being stored and committed: each yields its ack (if any) once
@@ -583,12 +586,10 @@ impl Conn<'_> {
             // A re-send of a request we already stored and acked: ack again, store nothing.
             return self.acks.send(resend).await.map_err(|_| End::AckWriterGone);
         }
-        let Some(prepared) = self.pipeline.prepare(
-            batch,
-            self.settings.tenant.as_deref(),
-            &mut self.lanes,
-            memory,
-        ) else {
+        let Some(prepared) =
+            self.pipeline
+                .prepare(batch, self.tenant.as_deref(), &mut self.lanes, memory)
+        else {
             // Nothing to store (no route, no valid record): acked as it is.
             return match ack {
                 Some(ack) => self.acks.send(ack).await.map_err(|_| End::AckWriterGone),
@@ -809,6 +810,7 @@ mod tests {
                 tls: None,
                 auth: None,
                 tenant: None,
+                user_tenants: Default::default(),
             }),
             pipeline: pipeline(dir),
             shutdown: CancellationToken::new(),

@@ -109,6 +109,17 @@ pub struct ListenerSettings {
     pub auth: Option<Arc<ServerAuth>>,
     /// The tenant of every record received here (`tenant` of the listener).
     pub tenant: Option<Arc<str>>,
+    /// The tenant of each authenticated user that has one (`auth.users[].tenant`).
+    pub user_tenants: HashMap<String, Arc<str>>,
+}
+
+impl ListenerSettings {
+    /// The tenant of a connection's records: its user's, else the listener's.
+    pub fn tenant_of(&self, user: Option<&str>) -> Option<Arc<str>> {
+        user.and_then(|u| self.user_tenants.get(u))
+            .or(self.tenant.as_ref())
+            .cloned()
+    }
 }
 
 impl ListenerSettings {
@@ -157,6 +168,12 @@ impl ListenerSettings {
             tls,
             auth: config.auth.as_ref().map(|a| Arc::new(build_auth(label, a))),
             tenant: config.tenant.as_deref().map(Arc::from),
+            user_tenants: config
+                .auth
+                .iter()
+                .flat_map(|a| &a.users)
+                .filter_map(|u| Some((u.username.clone(), Arc::from(u.tenant.as_deref()?))))
+                .collect(),
         })
     }
 }
