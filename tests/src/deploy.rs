@@ -606,7 +606,7 @@ pub fn dashboard_exprs() -> Vec<(String, String)> {
 
 fn grafana_to_promql(expr: &str) -> String {
     let mut s = expr.replace("$__rate_interval", "5m");
-    for var in ["$namespace", "$job", "$pod"] {
+    for var in ["$namespace", "$job", "$pod", "$tenant"] {
         s = s.replace(var, ".*");
     }
     assert!(

@@ -295,7 +295,9 @@ fn scrape_until(admin: std::net::SocketAddr, needles: &[&str]) -> String {
 /// An aggregator whose every metric family has samples: a healthy file output, a failing one
 /// (a regular file where its directory should be: errors, retries, then dead letters after a
 /// 1s retry timeout), a damaged chunk file left in a buffer (corruption), records sent with
-/// acks, and a request that is not Forward (decode error).
+/// acks, a request that is not Forward (decode error), and two tenant pipelines of the
+/// records' namespace: one parsing their text lines as JSON (parse errors), one keeping none
+/// (drops).
 #[test]
 fn alert_and_dashboard_metrics_are_exported_by_the_aggregator() {
     let Some(t) = tools() else { return };
@@ -322,6 +324,19 @@ fn alert_and_dashboard_metrics_are_exported_by_the_aggregator() {
         b"this is not a chunk header, it is garbage that recovery must quarantine",
     )
     .expect("writing a damaged chunk");
+    let pipelines = dir.path().join("pipelines/loadtest");
+    std::fs::create_dir_all(&pipelines).expect("mkdir");
+    let sink = "[outputs.sink]\ntype = \"null\"\n";
+    std::fs::write(
+        pipelines.join("parse.toml"),
+        format!("[parse]\nformat = \"json\"\n{sink}"),
+    )
+    .expect("writing a pipeline");
+    std::fs::write(
+        pipelines.join("none.toml"),
+        format!("[[filter]]\ntype = \"keep\"\nfield = \"level\"\nvalues = [\"never\"]\n{sink}"),
+    )
+    .expect("writing a pipeline");
     let config = format!(
         r#"shutdown_timeout = "5s"
 
@@ -351,7 +366,12 @@ path = {bad}
 retry.initial = "50ms"
 retry.max_interval = "100ms"
 retry.timeout = "1s"
+
+[pipelines]
+dir = {pipelines}
+rescan_interval = "200ms"
 "#,
+        pipelines = toml_path(&dir.path().join("pipelines")),
         buffer = toml_path(&dir.path().join("buffer")),
         good = toml_path(&dir.path().join("out")),
         bad = toml_path(&blocker.join("out")),
@@ -384,6 +404,8 @@ retry.timeout = "1s"
             "logferry_dead_letter_records_total{",
             "logferry_buffer_corruption_total{",
             "logferry_output_flush_duration_seconds_bucket{",
+            "logferry_pipeline_parse_errors_total{",
+            "logferry_pipeline_dropped_records_total{",
         ],
     );
     assert!(
