@@ -808,3 +808,45 @@ tenant = "shop"
     wait_for_records(&t.out("shop", "ext"), &run, 100, Duration::from_secs(30));
     assert!(runs_in(&t.out("other", "ext")).is_empty());
 }
+
+#[tokio::test]
+async fn a_deleted_pipeline_drains_what_it_buffered_and_can_come_back() {
+    let t = Tenants::new();
+    t.write("shop", "web", &t.file_pipeline("shop", "web", ""));
+    let agg = Aggregator::start_with(t.config());
+    wait_for_state(&agg, "shop", "web", "active");
+    let mut stream = tcp(agg.forward_addr).await;
+    let tag = kube_tag("web-1", "shop", "web");
+    let run = unique_id("deleted");
+    send_tagged_acked(&mut stream, &tag, &run, 0, 300)
+        .await
+        .unwrap();
+    // Deleted right after the ack: what it stored is still delivered.
+    std::fs::remove_file(t.pipelines().join("shop/web.toml")).unwrap();
+    wait_for_records(&t.out("shop", "web"), &run, 300, Duration::from_secs(30));
+    wait_until("the pipeline gone", Duration::from_secs(30), || {
+        let (code, _) = http_get(agg.admin_addr, "/pipelines/shop/web").ok()?;
+        (code == 404).then_some(())
+    });
+    // Records sent now are not the pipeline's; written again, it takes them.
+    send_tagged_acked(&mut stream, &tag, &run, 300, 100)
+        .await
+        .unwrap();
+    t.write("shop", "web", &t.file_pipeline("shop", "web", ""));
+    wait_for_state(&agg, "shop", "web", "active");
+    send_tagged_acked(&mut stream, &tag, &run, 400, 100)
+        .await
+        .unwrap();
+    wait_until(
+        "the records after its return",
+        Duration::from_secs(30),
+        || {
+            let seqs: BTreeSet<u64> = read_output(&t.out("shop", "web"))
+                .into_iter()
+                .filter_map(|v| v["record"]["seq"].as_u64())
+                .collect();
+            ((400..500).all(|s| seqs.contains(&s)) && !(300..400).any(|s| seqs.contains(&s)))
+                .then_some(())
+        },
+    );
+}

@@ -26,6 +26,9 @@
 //! - Buffers live under `<buffer.path>/pipelines/<tenant>/<pipeline>/<output>/`; nothing here
 //!   deletes a buffer directory. A pipeline whose file is invalid at start is not started and
 //!   its buffered chunks stay on disk until a valid version runs.
+//! - One worker per buffer directory: an output started on a directory that still drains
+//!   (an output removed and added back, a pipeline deleted and written again) first ends
+//!   that drain; what the drain did not deliver, the new output does.
 //! - An append racing an output's replacement may find its buffer closed; that request is
 //!   refused (not acked) and its sender sends it again: a duplicate, never a loss.
 
@@ -245,6 +248,16 @@ pub struct Pipelines {
     registry: Arc<Registry>,
     entries: tokio::sync::Mutex<BTreeMap<Key, Entry>>,
     policy_seen: std::sync::Mutex<Option<u64>>,
+    /// Outputs draining in the background, by buffer directory: an output started on a
+    /// directory first ends the drain of that directory (one worker per directory, ever).
+    drains: std::sync::Mutex<HashMap<PathBuf, Drain>>,
+}
+
+/// An output draining in the background.
+#[derive(Debug)]
+struct Drain {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
 }
 
 /// A pipeline's status, as `GET /pipelines/<tenant>/<name>` shows it.
@@ -300,6 +313,7 @@ impl Pipelines {
             registry: Arc::new(Registry::default()),
             entries: tokio::sync::Mutex::new(BTreeMap::new()),
             policy_seen: std::sync::Mutex::new(None),
+            drains: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -504,12 +518,17 @@ impl Pipelines {
         stage: Arc<Stage>,
     ) -> Result<RunningOutput, String> {
         let mut options = self.shared.buffer_template.clone();
-        options.dir = self
-            .shared
-            .buffer_root
-            .join(&key.tenant)
-            .join(&key.name)
-            .join(name);
+        options.dir = self.output_dir(key, name);
+        // A drain of this directory ends now; what it did not deliver, this output does.
+        let draining = self
+            .drains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&options.dir);
+        if let Some(drain) = draining {
+            drain.stop.cancel();
+            let _ = drain.task.await;
+        }
         options.name = format!("{}/{}/{name}", key.tenant, key.name);
         options.total_limit_size = buffer.total_limit_size.bytes();
         options.overflow_action = buffer.overflow_action;
@@ -537,12 +556,22 @@ impl Pipelines {
         })
     }
 
+    fn output_dir(&self, key: &Key, output: &str) -> PathBuf {
+        self.shared
+            .buffer_root
+            .join(&key.tenant)
+            .join(&key.name)
+            .join(output)
+    }
+
     /// Closes an output's buffer and lets its worker deliver what is left for up to
     /// `drain_timeout`, in the background.
     fn drain(&self, key: &Key, name: &str, output: RunningOutput) {
         let timeout = self.shared.config.drain_timeout;
+        let dir = self.output_dir(key, name);
         let (tenant, pipeline, name) = (key.tenant.clone(), key.name.clone(), name.to_owned());
-        tokio::spawn(async move {
+        let stop = output.stop.clone();
+        let task = tokio::spawn(async move {
             let _ = output.buffer.close().await;
             let mut task = output.task;
             if tokio::time::timeout(timeout, &mut task).await.is_err() {
@@ -553,6 +582,18 @@ impl Pipelines {
                     "drain timeout reached; what is left stays on disk for the next start");
             }
         });
+        self.drains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dir, Drain { stop, task });
+    }
+
+    /// Whether an output of `key` still drains.
+    fn draining(&self, key: &Key) -> bool {
+        let prefix = self.shared.buffer_root.join(&key.tenant).join(&key.name);
+        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        drains.retain(|_, d| !d.task.is_finished());
+        drains.keys().any(|dir| dir.starts_with(&prefix))
     }
 
     fn remove(&self, entries: &mut BTreeMap<Key, Entry>, key: &Key) -> bool {
@@ -568,9 +609,11 @@ impl Pipelines {
                 for (name, output) in running.outputs {
                     self.drain(key, &name, output);
                 }
-                entries.remove(key);
+                // Shown as draining until its outputs are done (see `rescan`).
+                entry.draining = true;
                 true
             }
+            None if entry.draining && self.draining(key) => false,
             None => {
                 entries.remove(key);
                 false
