@@ -850,3 +850,39 @@ async fn a_deleted_pipeline_drains_what_it_buffered_and_can_come_back() {
         },
     );
 }
+
+#[tokio::test]
+async fn a_pipeline_invalid_at_restart_keeps_its_buffered_records_and_delivers_them_once_fixed() {
+    let t = Tenants::new();
+    // Its destination cannot be written yet (its parent is a file): records stay buffered.
+    let blocker = t.files().join("shop/blocked");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let pipeline = format!(
+        "[outputs.out]\ntype = \"file\"\npath = {}\nretry = {{ initial = \"50ms\", max_interval = \"200ms\", forever = true }}\n",
+        toml_path(&blocker.join("out"))
+    );
+    t.write("shop", "web", &pipeline);
+    let mut agg = Aggregator::start_with(t.config());
+    wait_for_state(&agg, "shop", "web", "active");
+    let mut stream = tcp(agg.forward_addr).await;
+    let run = unique_id("kept");
+    send_tagged_acked(&mut stream, &kube_tag("web-1", "shop", "web"), &run, 0, 200)
+        .await
+        .unwrap();
+    drop(stream);
+    agg.sigkill();
+    // Restarted with a file that no longer validates: not started, its records kept.
+    t.write("shop", "web", &format!("{pipeline}bogus = 1\n"));
+    agg.restart();
+    let rejected = wait_for_state(&agg, "shop", "web", "rejected");
+    assert!(
+        rejected["unstarted_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{rejected}"
+    );
+    // Fixed (and its destination writable): every record is delivered.
+    std::fs::remove_file(&blocker).unwrap();
+    t.write("shop", "web", &pipeline);
+    wait_for_state(&agg, "shop", "web", "active");
+    wait_for_records(&blocker.join("out"), &run, 200, Duration::from_secs(60));
+}

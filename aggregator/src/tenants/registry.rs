@@ -281,6 +281,10 @@ pub struct PipelineStatus {
     pub records_in: u64,
     /// Records delivered over all outputs, since start.
     pub records_out: u64,
+    /// Bytes on disk under the pipeline's buffer directory while no version of it runs
+    /// (rejected at start, or draining): kept, never deleted, delivered once a valid version
+    /// runs.
+    pub unstarted_bytes: Option<u64>,
     /// Parse errors, drops and samples.
     #[serde(flatten)]
     pub stats: StatsView,
@@ -624,7 +628,10 @@ impl Pipelines {
     /// Every pipeline's status.
     pub async fn statuses(&self) -> Vec<PipelineStatus> {
         let entries = self.entries.lock().await;
-        entries.iter().map(|(k, e)| status(k, e)).collect()
+        entries
+            .iter()
+            .map(|(k, e)| self.with_disk(status(k, e)))
+            .collect()
     }
 
     /// One pipeline's status.
@@ -634,7 +641,20 @@ impl Pipelines {
             name: name.to_owned(),
         };
         let entries = self.entries.lock().await;
-        entries.get(&key).map(|e| status(&key, e))
+        entries.get(&key).map(|e| self.with_disk(status(&key, e)))
+    }
+
+    /// Adds what a pipeline that does not run holds on disk.
+    fn with_disk(&self, mut status: PipelineStatus) -> PipelineStatus {
+        if status.outputs.is_empty() {
+            let dir = self
+                .shared
+                .buffer_root
+                .join(&status.tenant)
+                .join(&status.name);
+            status.unstarted_bytes = Some(dir_bytes(&dir));
+        }
+        status
     }
 
     /// The tap of a pipeline ([`Stats::tap`](super::stage::Stats::tap)).
@@ -783,8 +803,24 @@ fn status(key: &Key, entry: &Entry) -> PipelineStatus {
         outputs,
         records_in,
         records_out,
+        unstarted_bytes: None,
         stats: entry.stats.view(),
     }
+}
+
+/// Bytes of the files under `dir` (0 when it does not exist).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(items) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    items
+        .flatten()
+        .map(|item| match item.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&item.path()),
+            Ok(_) => item.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// `<dir>/<tenant>/<name>.toml` for every tenant and name that are DNS labels.
