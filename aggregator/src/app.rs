@@ -158,7 +158,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     if let Some(tenants) = &tenants {
         tokio::spawn(rescan_loop(
             Arc::clone(tenants),
-            config.pipelines.rescan_interval,
+            config.pipelines.clone(),
             Arc::clone(&rescan),
             rescan_stop.clone(),
         ));
@@ -296,18 +296,28 @@ fn buffer_options(config: &Config, name: &str, dir: &Path) -> BufferOptions {
     options
 }
 
-/// Reads the tenant pipeline files every `interval`, and at once when `now` is notified (a
-/// reload request), until `stop`.
+/// Reads the tenant pipeline files every `rescan_interval`, at once when `now` is notified (a
+/// reload request), and shortly after inotify saw a change (`tenants::watch`), until `stop`.
 async fn rescan_loop(
     tenants: Arc<Pipelines>,
-    interval: Duration,
+    config: crate::config::PipelinesConfig,
     now: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let _watcher = config
+        .dir
+        .as_deref()
+        .and_then(|dir| tenants::watch::watch(dir, config.policy.as_deref(), Arc::clone(&changed)));
     loop {
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(config.rescan_interval) => {}
             () = now.notified() => {}
+            () = changed.notified() => {
+                // A file just written is read once it has settled; the events of a burst
+                // meanwhile leave one wake-up, which the next rescan finds nothing new in.
+                tokio::time::sleep(tenants::registry::SETTLE + Duration::from_millis(20)).await;
+            }
             () = stop.cancelled() => return,
         }
         tenants.rescan().await;

@@ -886,3 +886,24 @@ async fn a_pipeline_invalid_at_restart_keeps_its_buffered_records_and_delivers_t
     wait_for_state(&agg, "shop", "web", "active");
     wait_for_records(&blocker.join("out"), &run, 200, Duration::from_secs(60));
 }
+
+#[tokio::test]
+async fn a_written_file_is_applied_at_once_without_waiting_for_the_rescan() {
+    let t = Tenants::new();
+    t.write("shop", "web", &t.file_pipeline("shop", "web", ""));
+    let mut config = t.config();
+    // Only inotify can apply anything within this test's time.
+    config.extra_toml = config
+        .extra_toml
+        .replace("rescan_interval = \"200ms\"", "rescan_interval = \"1h\"");
+    let agg = Aggregator::start_with(config);
+    wait_for_state(&agg, "shop", "web", "active");
+    t.write("shop", "api", &t.file_pipeline("shop", "api", ""));
+    wait_for_state(&agg, "shop", "api", "active");
+    t.write(
+        "shop",
+        "web",
+        &t.file_pipeline("shop", "web", "[match]\nbogus = 1\n"),
+    );
+    wait_for_state(&agg, "shop", "web", "stale");
+}

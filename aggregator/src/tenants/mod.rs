@@ -17,11 +17,13 @@
 //! - [`transform`]: the parse and filters (pure).
 //! - [`stage`]: running them on the delivery path, and what a pipeline counts.
 //! - [`registry`]: the running pipelines, how a file is applied, and their status.
+//! - [`watch`]: inotify on the pipeline directory and the policy, waking the rescan.
 
 pub mod registry;
 pub mod select;
 pub mod stage;
 pub mod transform;
+pub mod watch;
 
 pub use registry::{Key, PipelineStatus, Pipelines, Registry, Shared};
 pub use select::Request;

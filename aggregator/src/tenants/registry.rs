@@ -2,7 +2,8 @@
 //! applied on its own.
 //!
 //! ## Apply
-//! The directory is read at start, every `rescan_interval`, and on a reload request. Each
+//! The directory is read at start, every `rescan_interval`, on a reload request, and when
+//! inotify reports a change ([`super::watch`]). Each
 //! file whose content changed (by hash) is applied on its own:
 //! ```text
 //! parse + validate against the tenant's policy (every error at once)
