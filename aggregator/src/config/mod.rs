@@ -227,6 +227,20 @@ impl Default for BufferConfig {
     }
 }
 
+/// The `${NAME}` lookup of a config: `${tag}` and dotted names (`${record.a}`,
+/// `${kubernetes.namespace_name}`) are output name templates, resolved per record, so they
+/// stay as they are; any other name is an environment variable (whose names have no dots),
+/// looked up by `env`.
+fn templates_or(env: impl Fn(&str) -> Option<String>) -> impl Fn(&str) -> Option<String> {
+    move |k: &str| {
+        if k == "tag" || k.contains('.') {
+            Some(format!("${{{k}}}"))
+        } else {
+            env(k)
+        }
+    }
+}
+
 impl Config {
     /// Parses TOML text, substituting `${ENV}` references from the process environment.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
@@ -243,17 +257,7 @@ impl Config {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigErrors> {
-        // `${tag}` and dotted names (`${record.a}`, `${kubernetes.namespace_name}`) are output
-        // name templates, resolved per record: they stay as they are. Environment variable
-        // names have no dots.
-        let env = |k: &str| {
-            if k == "tag" || k.contains('.') {
-                Some(format!("${{{k}}}"))
-            } else {
-                env(k)
-            }
-        };
-        parse::parse(text, parse_toml(text, env)?)
+        parse::parse(text, parse_toml(text, templates_or(env))?)
     }
 
     /// Reads and parses a config file.

@@ -291,13 +291,13 @@ impl PipelineConfig {
         policy: &TenantPolicy,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<PipelineConfig, ConfigErrors> {
-        let lookup = |name: &str| {
+        let lookup = super::templates_or(|name: &str| {
             if policy.env.iter().any(|allowed| allowed == name) {
                 env(name)
             } else {
                 None
             }
-        };
+        });
         let mut table: Table = parse_toml(text, lookup).map_err(|mut errors| {
             for e in &mut errors.0 {
                 if e.message.contains("environment variable")
@@ -572,6 +572,16 @@ path = "/etc/passwd-dir"
             ],
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn output_name_templates_are_not_environment_variables() {
+        let text = "[outputs.es]\ntype = \"elasticsearch\"\nendpoints = [\"http://es.shop.svc:9200\"]\nindex = \"shop-${kubernetes.container_name}-${tag}\"\n";
+        let p = parse(text).unwrap();
+        let OutputConfig::Elasticsearch(es) = &p.outputs["es"] else {
+            panic!("elasticsearch")
+        };
+        assert_eq!(es.index, "shop-${kubernetes.container_name}-${tag}");
     }
 
     #[test]
