@@ -907,3 +907,40 @@ async fn a_written_file_is_applied_at_once_without_waiting_for_the_rescan() {
     );
     wait_for_state(&agg, "shop", "web", "stale");
 }
+
+#[tokio::test]
+async fn a_version_whose_output_cannot_be_built_leaves_the_running_one_alone() {
+    let t = Tenants::new();
+    let pipeline = t.file_pipeline("shop", "web", "");
+    t.write("shop", "web", &pipeline);
+    let agg = Aggregator::start_with(t.config());
+    wait_for_state(&agg, "shop", "web", "active");
+    let mut stream = tcp(agg.forward_addr).await;
+    let tag = kube_tag("web-1", "shop", "web");
+    let run = unique_id("unbuildable");
+    send_tagged_acked(&mut stream, &tag, &run, 0, 100)
+        .await
+        .unwrap();
+    // Valid on paper, but its CA file is no certificate: the sink cannot be built.
+    let ca = t.files().join("shop/ca.pem");
+    std::fs::create_dir_all(ca.parent().unwrap()).unwrap();
+    std::fs::write(&ca, "not a certificate").unwrap();
+    t.write(
+        "shop",
+        "web",
+        &format!(
+            "{pipeline}[outputs.es]\ntype = \"elasticsearch\"\nendpoints = [\"https://es.shop.svc:9200\"]\ntls = {{ ca = {} }}\n",
+            toml_path(&ca)
+        ),
+    );
+    let stale = wait_for_state(&agg, "shop", "web", "stale");
+    assert_eq!(
+        stale["rejected"]["errors"][0]["key"], "outputs.es",
+        "{stale}"
+    );
+    assert_eq!(stale["outputs"].as_array().unwrap().len(), 1, "{stale}");
+    send_tagged_acked(&mut stream, &tag, &run, 100, 100)
+        .await
+        .unwrap();
+    wait_for_records(&t.out("shop", "web"), &run, 200, Duration::from_secs(30));
+}

@@ -460,6 +460,29 @@ impl Pipelines {
                     .collect(),
             )
         })?);
+        // The sinks of new and changed outputs are built once before anything is touched:
+        // one that cannot be built (a CA file that does not load, a client that cannot be
+        // made) rejects this version while the last good one keeps running.
+        let mut unbuildable = Vec::new();
+        for (name, output) in &config.outputs {
+            let unchanged = entry.running.as_ref().is_some_and(|r| {
+                r.outputs
+                    .get(name)
+                    .is_some_and(|o| o.config == *output && o.buffer_config == config.buffer)
+            });
+            if unchanged {
+                continue;
+            }
+            match outputs::Output::build(name, output).await {
+                Ok(built) => built.close().await,
+                Err(e) => {
+                    unbuildable.push(ConfigError::new(format!("outputs.{name}"), e.to_string()))
+                }
+            }
+        }
+        if !unbuildable.is_empty() {
+            return Err(ConfigErrors(unbuildable));
+        }
         let mut old = entry.running.take().map(|r| r.outputs).unwrap_or_default();
         let mut outputs = BTreeMap::new();
         let mut failed = Vec::new();
@@ -499,8 +522,9 @@ impl Pipelines {
             stats: Arc::clone(&entry.stats),
         });
         if !failed.is_empty() {
-            // Some outputs could not start: this version does not run; the ones that did
-            // start drain what they recovered.
+            // Some outputs could not start although their sinks could be built (a buffer
+            // directory that cannot be opened): this version does not run; the ones that did
+            // start drain what they recovered, and every chunk stays on disk.
             for (name, o) in outputs {
                 self.drain(key, &name, o);
             }
