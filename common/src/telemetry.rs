@@ -228,7 +228,8 @@ pub fn count_decode_error_code(code: &'static str) {
 }
 
 metric!(
-    /// Records a tenant pipeline took in (appended to its outputs' buffers).
+    /// Records selected for a tenant pipeline, counted as the request is routed (like
+    /// `logferry_input_records_total`: a request that is refused and sent again counts again).
     PIPELINE_RECORDS_IN: IntCounterVec = counter_vec(
         "logferry_pipeline_records_in_total", "Records a tenant pipeline took in", &["tenant", "pipeline"])
 );

@@ -278,7 +278,7 @@ pub struct PipelineStatus {
     pub rejected: Option<Rejected>,
     /// Its outputs.
     pub outputs: Vec<OutputStatus>,
-    /// Records taken in, since start.
+    /// Records routed to it since start (a refused request sent again counts again).
     pub records_in: u64,
     /// Records delivered over all outputs, since start.
     pub records_out: u64,

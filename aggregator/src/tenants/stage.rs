@@ -129,7 +129,8 @@ impl Stats {
         }
     }
 
-    /// Records taken in.
+    /// Records of a request routed to this pipeline (before it is stored: a request refused
+    /// and sent again counts again).
     pub fn records_in(&self, records: u64) {
         telemetry::PIPELINE_RECORDS_IN
             .with_label_values(&[&self.tenant, &self.pipeline])
