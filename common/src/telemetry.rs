@@ -231,7 +231,7 @@ metric!(
     /// Records selected for a tenant pipeline, counted as the request is routed (like
     /// `logferry_input_records_total`: a request that is refused and sent again counts again).
     PIPELINE_RECORDS_IN: IntCounterVec = counter_vec(
-        "logferry_pipeline_records_in_total", "Records a tenant pipeline took in", &["tenant", "pipeline"])
+        "logferry_pipeline_records_in_total", "Records routed to a tenant pipeline", &["tenant", "pipeline"])
 );
 metric!(
     /// Records a tenant pipeline's parse failed on, by reason.
