@@ -37,6 +37,11 @@ pub struct ElasticsearchOutputConfig {
     /// place in it), so a retried bulk never duplicates. Off: ES picks ids.
     #[serde(default = "defaults::yes")]
     pub generate_id: bool,
+    /// A record field (dotted path) whose text is the document `_id` when a record has it,
+    /// e.g. the `id_key` of a Kafka source, so a message consumed again overwrites its
+    /// document. Records without it get the generated id (or none, without `generate_id`).
+    #[serde(default)]
+    pub id_key: Option<String>,
     /// Add the tag to each document under `tag_key`.
     #[serde(default)]
     pub include_tag_key: bool,

@@ -51,6 +51,11 @@ pub struct KafkaOutputConfig {
     /// (the time is always the message timestamp).
     #[serde(default)]
     pub time_key: String,
+    /// Message headers: name = template (`${tag}`, record fields), e.g.
+    /// `"logferry-tenant" = "${kubernetes.namespace_name}"` for a Kafka source's
+    /// `tenant_header`. A header whose template lacks a field in a record is left out.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
     /// librdkafka properties, passed through last (they override everything above except
     /// `bootstrap.servers`). Defaults set here: `acks=all`, `enable.idempotence=true`.
     #[serde(default)]
@@ -78,6 +83,10 @@ pub enum KafkaFormat {
     Json,
     /// The record as a msgpack map, as received.
     Msgpack,
+    /// A Forward entry `[time, record]` (msgpack; the time with its nanoseconds) with the tag
+    /// in a `logferry-tag` header: what a logferry Kafka source with `format = "forward"`
+    /// reads back unchanged (the decoupled deployment).
+    Forward,
 }
 
 /// Compression codec of the Kafka output.
@@ -148,6 +157,14 @@ impl KafkaOutputConfig {
         }
         if self.delivery_timeout.is_zero() {
             err("delivery_timeout", "must be greater than 0".into());
+        }
+        for (name, template) in &self.headers {
+            if name.is_empty() {
+                err("headers", "a header name must not be empty".into());
+            }
+            if let Err(e) = Template::parse(template, false) {
+                err(&format!("headers.{name}"), e.to_string());
+            }
         }
         for k in self.librdkafka.keys() {
             if k == "bootstrap.servers" || k == "metadata.broker.list" {

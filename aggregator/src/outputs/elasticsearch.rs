@@ -52,6 +52,7 @@ pub struct EsOutput {
     index_fallback: Option<String>,
     action: EsAction,
     generate_id: bool,
+    id_key: Option<Vec<String>>,
     include_tag_key: bool,
     tag_key: String,
     time_key: String,
@@ -123,6 +124,10 @@ impl EsOutput {
             index_fallback: c.index_fallback.clone(),
             action: c.action,
             generate_id: c.generate_id,
+            id_key: c
+                .id_key
+                .as_ref()
+                .map(|k| k.split('.').map(str::to_owned).collect()),
             include_tag_key: c.include_tag_key,
             tag_key: c.tag_key.clone(),
             time_key: c.time_key.clone(),
@@ -203,7 +208,15 @@ impl EsOutput {
             EsAction::Create => b"{\"create\":{\"_index\":",
         });
         logferry_common::msgpack::write_json_str(&index, out);
-        if self.generate_id {
+        let own_id = self
+            .id_key
+            .as_ref()
+            .and_then(|path| crate::record::scalar(&rec.record, path))
+            .map(|id| id.to_text());
+        if let Some(id) = own_id {
+            out.extend_from_slice(b",\"_id\":");
+            logferry_common::msgpack::write_json_str(&id, out);
+        } else if self.generate_id {
             out.extend_from_slice(b",\"_id\":\"");
             out.extend_from_slice(self.doc_id(rec).as_bytes());
             out.push(b'"');
@@ -602,6 +615,21 @@ mod tests {
         let r = rec(6, serde_json::json!({"log": "x"}));
         let err = out.encode(&r, &mut Vec::new()).unwrap_err();
         assert_eq!(err.kind.as_str(), "template");
+    }
+
+    #[test]
+    fn a_record_with_the_id_key_gives_its_own_id() {
+        let out = EsOutput::new("es", &config("id_key = \"_kafka.id\"")).unwrap();
+        let action = |r: &Rec| {
+            let mut line = Vec::new();
+            out.encode(r, &mut line).unwrap();
+            let text = String::from_utf8(line).unwrap();
+            serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap()).unwrap()
+        };
+        let own = rec(1, serde_json::json!({"_kafka": {"id": "abc\"1"}}));
+        assert_eq!(action(&own)["index"]["_id"], "abc\"1");
+        let other = rec(2, serde_json::json!({"log": "x"}));
+        assert_eq!(action(&other)["index"]["_id"], out.doc_id(&other));
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //!   `[A-Za-z0-9._-]`; a record lacking a field goes to `topic_default`, or to dead letters when
 //!   there is none;
 //! - key: the value of the `key` field (text), none when unset or missing;
-//! - value: the record as JSON or msgpack (with `tag_key`/`time_key` added when configured);
+//! - value: the record as JSON or msgpack (with `tag_key`/`time_key` added when configured),
+//!   or with `format = "forward"` a Forward entry `[EventTime, record]` (the record as
+//!   received);
+//! - headers: `logferry-tag` (the tag) with `format = "forward"`, then each of `headers`
+//!   (templates; one whose record lacks a field is left out);
 //! - timestamp: the record time (milliseconds).
 //!
 //! ## Delivery
@@ -24,6 +28,7 @@ use std::time::Duration;
 use logferry_common::msgpack;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::{Attempt, Failure, FailureKind, Outcome, OutputError, Rec, Sink};
@@ -46,8 +51,12 @@ pub struct KafkaOutput {
     include_tag_key: bool,
     tag_key: String,
     time_key: String,
+    headers: Vec<(String, Template)>,
     message_max_bytes: usize,
 }
+
+/// The header carrying the tag with `format = "forward"` (a Kafka source's `tag_header`).
+pub const TAG_HEADER: &str = "logferry-tag";
 
 impl std::fmt::Debug for KafkaOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,6 +109,12 @@ impl KafkaOutput {
             include_tag_key: c.include_tag_key,
             tag_key: c.tag_key.clone(),
             time_key: c.time_key.clone(),
+            headers: c
+                .headers
+                .iter()
+                .map(|(name, t)| Ok((name.clone(), Template::parse(t, false)?)))
+                .collect::<Result<_, crate::template::TemplateError>>()
+                .map_err(|e| config_err(e.to_string()))?,
             message_max_bytes: c.message_max_bytes.bytes() as usize,
         })
     }
@@ -131,6 +146,26 @@ impl KafkaOutput {
         }
     }
 
+    /// The headers of a record's message, if it has any.
+    fn headers(&self, rec: &Rec) -> Option<OwnedHeaders> {
+        let tag =
+            (self.format == KafkaFormat::Forward).then_some((TAG_HEADER, rec.tag.to_string()));
+        let rendered = self.headers.iter().filter_map(|(name, t)| {
+            let value = t
+                .render(&rec.tag, rec.time, &rec.record, str::to_owned)
+                .ok()?;
+            Some((name.as_str(), value))
+        });
+        let mut headers: Option<OwnedHeaders> = None;
+        for (key, value) in tag.into_iter().chain(rendered) {
+            headers = Some(headers.unwrap_or_default().insert(Header {
+                key,
+                value: Some(&value),
+            }));
+        }
+        headers
+    }
+
     /// The message value of a record.
     fn value(&self, rec: &Rec, out: &mut Vec<u8>) -> Result<(), Failure> {
         let time = if self.time_key.is_empty() {
@@ -152,6 +187,10 @@ impl KafkaOutput {
             )
         };
         match self.format {
+            KafkaFormat::Forward => {
+                logferry_common::forward::encode_entry(rec.time, &rec.record, out);
+                Ok(())
+            }
             KafkaFormat::Json => write_json_with(&rec.record, &extra, out).map_err(unencodable),
             KafkaFormat::Msgpack => {
                 let extra: Vec<&(&str, &str)> = extra
@@ -215,6 +254,9 @@ impl Sink for KafkaOutput {
             let mut record = FutureRecord::to(&topic).payload(&value).timestamp(millis);
             if let Some(k) = &key {
                 record = record.key(k);
+            }
+            if let Some(headers) = self.headers(rec) {
+                record = record.headers(headers);
             }
             loop {
                 match self.producer.send_result(record) {
@@ -374,5 +416,36 @@ mod tests {
                 .as_str(),
             "template"
         );
+    }
+
+    #[test]
+    fn forward_values_keep_the_time_and_carry_the_tag_and_templated_headers() {
+        use rdkafka::message::Headers;
+        let out = output("topic = \"t\"\nformat = \"forward\"\nheaders = { \"logferry-tenant\" = \"${kubernetes.namespace_name}\" }");
+        let time = EventTime::new(1_700_000_000, 123_456_789);
+        let r = Rec {
+            time,
+            ..rec(serde_json::json!({"kubernetes": {"namespace_name": "shop"}}))
+        };
+        let mut v = Vec::new();
+        out.value(&r, &mut v).unwrap();
+        let mut entries = logferry_common::forward::Entries::new(&v);
+        let entry = entries.next().unwrap().unwrap();
+        assert_eq!((entry.time, entry.record), (time, &r.record[..]));
+        let headers = out.headers(&r).unwrap();
+        let found: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (TAG_HEADER.to_owned(), b"kube.a".to_vec()),
+                ("logferry-tenant".to_owned(), b"shop".to_vec())
+            ]
+        );
+        // A record lacking the field gets no such header.
+        let bare = out.headers(&rec(serde_json::json!({}))).unwrap();
+        assert_eq!(bare.count(), 1);
     }
 }
