@@ -9,6 +9,7 @@
 //! ```text
 //! readyz 503 -> a running dead-letter replay stops (its file stays), new ones are refused
 //!            -> stop accepting; connections stop reading, ack what they stored, close
+//!            -> sources stop taking data, drain, commit what is durable (Kafka offsets)
 //!            -> buffers seal their open chunks (fsync) and close
 //!            -> outputs deliver what is left until shutdown_timeout (from the signal)
 //!            -> whatever is undelivered stays on disk for the next start
@@ -40,6 +41,7 @@ use crate::ingest::{MemoryBudget, Pipeline};
 use crate::outputs::{self, OutputSpec, StartOutputError};
 use crate::route::{Pattern, Router};
 use crate::server::ListenerSet;
+use crate::sources::Sources;
 use crate::tenants::{self, Pipelines};
 
 /// Why the aggregator could not start.
@@ -72,6 +74,9 @@ pub enum StartError {
     /// A Forward listener could not be set up (TLS files, bind).
     #[error(transparent)]
     Listener(#[from] crate::server::ListenerError),
+    /// A source could not start.
+    #[error(transparent)]
+    Source(#[from] crate::sources::SourceError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -210,6 +215,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         })
     };
 
+    // Sources (Kafka consumers) store through the same pipeline as the listeners.
+    let sources = Sources::start(&config, &pipeline)?;
+
     let signals = Signals::install().map_err(StartError::Signals)?;
     status.lifecycle.set(Phase::Ready);
     let running = config;
@@ -239,6 +247,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         .is_err()
     {
         tracing::warn!("connections did not finish before the shutdown deadline");
+    }
+    if tokio::time::timeout_at(deadline, sources.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sources did not finish before the shutdown deadline");
     }
     rescan_stop.cancel();
     let tenants_drained = async {
@@ -376,6 +390,9 @@ fn reload(
     }
     if new.pipelines != running.pipelines {
         changed.push("[pipelines]");
+    }
+    if new.sources != running.sources {
+        changed.push("[sources]");
     }
     if !changed.is_empty() {
         return Err(format!(

@@ -35,5 +35,6 @@ pub mod outputs;
 pub mod record;
 pub mod route;
 pub mod server;
+pub mod sources;
 pub mod template;
 pub mod tenants;

@@ -258,6 +258,58 @@ metric!(
         &["tenant", "pipeline", "state"])
 );
 
+metric!(
+    /// Messages a Kafka source consumed (each counted once it is decoded, before it is stored).
+    KAFKA_CONSUMED_RECORDS: IntCounterVec = counter_vec(
+        "logferry_kafka_consumed_records_total", "Messages consumed by a Kafka source", &["source"])
+);
+metric!(
+    /// Value bytes of the messages a Kafka source consumed.
+    KAFKA_CONSUMED_BYTES: IntCounterVec = counter_vec(
+        "logferry_kafka_consumed_bytes_total", "Message value bytes consumed by a Kafka source", &["source"])
+);
+metric!(
+    /// Consumer lag per assigned partition: the high watermark minus the committed offset
+    /// (librdkafka statistics, every `statistics.interval.ms`).
+    KAFKA_CONSUMER_LAG: IntGaugeVec = gauge_vec(
+        "logferry_kafka_consumer_lag", "Messages between the committed offset and the end of a partition",
+        &["source", "topic", "partition"])
+);
+metric!(
+    /// Age in seconds of the oldest message a Kafka source consumed that is not yet durable (0
+    /// when none is in flight): how far behind the source is in time, and whether it is stuck.
+    KAFKA_LAG_SECONDS: IntGaugeVec = gauge_vec(
+        "logferry_kafka_lag_seconds", "Age of the oldest consumed message not yet durable", &["source"])
+);
+metric!(
+    /// Rebalance events of a Kafka source by kind (`assign`, `revoke`, `lost`, `error`).
+    KAFKA_REBALANCES: IntCounterVec = counter_vec(
+        "logferry_kafka_rebalances_total", "Consumer group rebalance events by kind", &["source", "kind"])
+);
+metric!(
+    /// Revoked partitions (or, at shutdown, the source) whose records in flight did not become
+    /// durable within `drain_timeout` (they are consumed again).
+    KAFKA_DRAIN_TIMEOUTS: IntCounterVec = counter_vec(
+        "logferry_kafka_drain_timeouts_total", "Partition drains that ran out of drain_timeout", &["source"])
+);
+metric!(
+    /// Partitions of a Kafka source paused for back-pressure (in-flight bytes over the limit).
+    KAFKA_PAUSED_PARTITIONS: IntGaugeVec = gauge_vec(
+        "logferry_kafka_paused_partitions", "Partitions paused for back-pressure", &["source"])
+);
+metric!(
+    /// Offset store and commit errors by operation (`store`, `commit`) and librdkafka code.
+    KAFKA_OFFSET_ERRORS: IntCounterVec = counter_vec(
+        "logferry_kafka_offset_errors_total", "Offset store and commit errors", &["source", "op", "code"])
+);
+metric!(
+    /// Consumed batches a buffer refused (full with `reject`, `block_timeout`, IO), retried
+    /// until stored; by the store error's code.
+    KAFKA_STORE_RETRIES: IntCounterVec = counter_vec(
+        "logferry_kafka_store_retries_total", "Consumed batches retried after a buffer refused them",
+        &["source", "reason"])
+);
+
 /// Forces every metric into the registry, so `/metrics` lists them all from the start (a
 /// dashboard should see a zero, not a missing series).
 pub fn register_all() {
@@ -294,6 +346,15 @@ pub fn register_all() {
     LazyLock::force(&PIPELINE_DROPPED_RECORDS);
     LazyLock::force(&PIPELINE_APPLIES);
     LazyLock::force(&PIPELINE_STATE);
+    LazyLock::force(&KAFKA_CONSUMED_RECORDS);
+    LazyLock::force(&KAFKA_CONSUMED_BYTES);
+    LazyLock::force(&KAFKA_CONSUMER_LAG);
+    LazyLock::force(&KAFKA_LAG_SECONDS);
+    LazyLock::force(&KAFKA_REBALANCES);
+    LazyLock::force(&KAFKA_DRAIN_TIMEOUTS);
+    LazyLock::force(&KAFKA_PAUSED_PARTITIONS);
+    LazyLock::force(&KAFKA_OFFSET_ERRORS);
+    LazyLock::force(&KAFKA_STORE_RETRIES);
 }
 
 /// Renders every registered metric in the Prometheus text format.

@@ -32,6 +32,7 @@ mod null;
 mod output;
 mod parse;
 mod pipeline;
+mod source;
 mod stackdriver;
 
 pub use elasticsearch::{
@@ -48,6 +49,10 @@ pub use output::{DeadLetterConfig, DeadLetterWhenFull, OutputConfig, RetryConfig
 pub use pipeline::{
     is_dns_label, PipelineBufferConfig, PipelineConfig, PipelinesConfig, PolicyConfig,
     SelectConfig, TenantPolicy, TenantPolicyConfig,
+};
+pub use source::{
+    KafkaAssignment, KafkaSourceConfig, KafkaSourceFormat, KafkaStart, SourceConfig,
+    OWNED_PROPERTIES as KAFKA_SOURCE_OWNED_PROPERTIES,
 };
 pub use stackdriver::{StackdriverOutputConfig, StackdriverResourceConfig};
 
@@ -74,6 +79,8 @@ pub struct Config {
     pub outputs: BTreeMap<String, OutputConfig>,
     /// `[pipelines]`: the tenant pipelines' directory and policy.
     pub pipelines: PipelinesConfig,
+    /// `[sources.NAME]`: inputs besides the Forward listeners (Kafka consumers), by name.
+    pub sources: BTreeMap<String, SourceConfig>,
 }
 
 /// `[admin]`: the HTTP admin listener.
@@ -362,11 +369,7 @@ impl Config {
         let mut output_errors = Vec::new();
         for (name, output) in &self.outputs {
             let key = format!("outputs.{name}");
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
+            if !valid_name(name) {
                 err(
                     &key,
                     "output names may only contain letters, digits, '_' and '-'".into(),
@@ -375,6 +378,16 @@ impl Config {
             output.validate_into(&key, &mut output_errors);
         }
         file::distinct_dirs_into(&self.outputs, &mut output_errors);
+        for (name, source) in &self.sources {
+            let key = format!("sources.{name}");
+            if !valid_name(name) {
+                err(
+                    &key,
+                    "source names may only contain letters, digits, '_' and '-'".into(),
+                );
+            }
+            source.validate_into(&key, &mut output_errors);
+        }
 
         if self.routes.is_empty() && !unparsed.routes && !tenants_only {
             err(
@@ -435,6 +448,14 @@ impl Config {
         }
         warnings
     }
+}
+
+/// Whether `name` may name an output or a source (it becomes a directory and a label).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// Parses a `host:port` listen address.

@@ -16,11 +16,10 @@
 //! fields included), defaults and `validate_into`, declared and re-exported in `config`; a
 //! sink in `outputs`; and one arm in each match here and in `outputs`.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use logferry_common::config::sections::{self, FieldError, Header, Reader};
+use logferry_common::config::sections::{self, FieldError};
 use logferry_common::config::{duration, ByteSize};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -99,28 +98,6 @@ impl OutputConfig {
                 .to_owned(),
             }]),
         }
-    }
-
-    /// Reads each `[outputs.NAME]` of `items` on its own (every error of each): those that
-    /// parse, and the names of those that did not.
-    pub(super) fn read_sections(
-        r: &mut Reader<'_>,
-        items: toml::Table,
-    ) -> (BTreeMap<String, OutputConfig>, BTreeSet<String>) {
-        let (mut outputs, mut failed) = (BTreeMap::new(), BTreeSet::new());
-        for (name, item) in items {
-            let header = format!("[outputs.{name}]");
-            let key = format!("outputs.{name}");
-            match r.section_with(&key, Header::at(&header, 0), item, OutputConfig::from_value) {
-                Some(output) => {
-                    outputs.insert(name, output);
-                }
-                None => {
-                    failed.insert(name);
-                }
-            }
-        }
-        (outputs, failed)
     }
 
     /// The hosts (`name:port`) the output sends to, for a tenant policy's `hosts`. A URL

@@ -18,6 +18,7 @@ use toml::{Table, Value};
 
 use super::{
     defaults, duration, Config, ConfigErrors, Listeners, OutputConfig, RouteConfig, ServerConfig,
+    SourceConfig,
 };
 
 /// Every top-level key, in the order an unknown key's message lists them.
@@ -30,6 +31,7 @@ const TOP_LEVEL: &[&str] = &[
     "route",
     "outputs",
     "pipelines",
+    "sources",
 ];
 
 /// The sections that did not parse, as far as the semantic validation needs to know.
@@ -101,11 +103,24 @@ pub(super) fn parse(text: &str, mut table: Table) -> Result<Config, ConfigErrors
     let mut outputs = BTreeMap::new();
     match table.remove("outputs") {
         Some(Value::Table(items)) => {
-            (outputs, unparsed.outputs) = OutputConfig::read_sections(&mut r, items);
+            (outputs, unparsed.outputs) =
+                r.named_sections("outputs", items, OutputConfig::from_value);
         }
         Some(v) => {
             shapeless = true;
             r.section::<BTreeMap<String, OutputConfig>>("outputs", None, v);
+        }
+        None => {}
+    }
+
+    let mut sources = BTreeMap::new();
+    match table.remove("sources") {
+        Some(Value::Table(items)) => {
+            (sources, _) = r.named_sections("sources", items, SourceConfig::from_value);
+        }
+        Some(v) => {
+            shapeless = true;
+            r.section::<BTreeMap<String, SourceConfig>>("sources", None, v);
         }
         None => {}
     }
@@ -119,6 +134,7 @@ pub(super) fn parse(text: &str, mut table: Table) -> Result<Config, ConfigErrors
         routes,
         outputs,
         pipelines: pipelines.unwrap_or_default(),
+        sources,
     };
     let mut errors = r.errors;
     if errors.is_empty() {

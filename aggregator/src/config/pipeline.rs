@@ -331,7 +331,7 @@ impl PipelineConfig {
         let mut outputs = BTreeMap::new();
         match table.remove("outputs") {
             Some(Value::Table(items)) => {
-                (outputs, _) = OutputConfig::read_sections(&mut r, items);
+                (outputs, _) = r.named_sections("outputs", items, OutputConfig::from_value);
             }
             Some(v) => {
                 r.section::<BTreeMap<String, Value>>("outputs", None, v);

@@ -51,6 +51,9 @@ pub enum FailureKind {
     /// A tenant pipeline's parse failed with `on_error = "dead_letter"`: the raw record is
     /// kept for a replay after the parser is fixed (never reported by a sink).
     Parse,
+    /// A Kafka source's message could not be decoded in the source's `format` (never
+    /// reported by a sink): kept with its topic, partition and offset.
+    Undecodable,
     /// A sink broke its contract (wrong number of outcomes, a record left without one):
     /// retried.
     Internal,
@@ -109,6 +112,7 @@ impl FailureKind {
             Self::Rejected => "rejected",
             Self::RetryTimeout => "retry_timeout",
             Self::Parse => "parse_error",
+            Self::Undecodable => "undecodable",
             Self::Internal => "internal",
             Self::Connection => "connection",
             Self::Timeout => "timeout",

@@ -16,6 +16,8 @@
 //! The caller decides what a failed section means for the rest (left out, or at its defaults)
 //! and which semantic checks still make sense; nothing here knows a daemon's sections.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::de::{DeserializeOwned, Error as _};
 use toml::{Table, Value};
 
@@ -229,6 +231,30 @@ impl<'a> Reader<'a> {
                 None
             }
         }
+    }
+
+    /// Each `[name.KEY]` table of `items` on its own, read by `deserialize`: those that parse
+    /// by key, and the keys of those that did not.
+    pub fn named_sections<T>(
+        &mut self,
+        name: &str,
+        items: Table,
+        deserialize: impl Fn(Value) -> Result<T, Vec<FieldError>>,
+    ) -> (BTreeMap<String, T>, BTreeSet<String>) {
+        let (mut parsed, mut failed) = (BTreeMap::new(), BTreeSet::new());
+        for (item_key, item) in items {
+            let header = format!("[{name}.{item_key}]");
+            let key = format!("{name}.{item_key}");
+            match self.section_with(&key, Header::at(&header, 0), item, &deserialize) {
+                Some(v) => {
+                    parsed.insert(item_key, v);
+                }
+                None => {
+                    failed.insert(item_key);
+                }
+            }
+        }
+        (parsed, failed)
     }
 
     /// Each table of the array `[[name]]` on its own: those that parse, and whether all did.
