@@ -54,7 +54,7 @@ enum Command {
         /// built-in default policy).
         #[arg(long, requires = "pipeline")]
         policy: Option<PathBuf>,
-        /// Also check that each output can be reached.
+        /// Also check that each output can be reached (and each source's brokers and topics).
         #[arg(long)]
         check_outputs: bool,
     },
@@ -213,7 +213,7 @@ fn validate(path: &std::path::Path, check_outputs: bool) -> ExitCode {
     for warning in config.warnings() {
         eprintln!("  warning: {warning}");
     }
-    if check_outputs && !check_outputs_of(&config.outputs) {
+    if check_outputs && !(check_outputs_of(&config.outputs) & check_sources(&config)) {
         return ExitCode::from(EXIT_CONFIG);
     }
     println!("{}: valid", path.display());
@@ -285,6 +285,21 @@ fn check_outputs_of(outputs: &std::collections::BTreeMap<String, OutputConfig>) 
             Err(e) => {
                 reachable = false;
                 println!("output {name}: UNREACHABLE: {e}");
+            }
+        }
+    }
+    reachable
+}
+
+/// Checks that each source can reach its brokers and topics, printing one line per source.
+fn check_sources(config: &Config) -> bool {
+    let mut reachable = true;
+    for (name, result) in logferry_aggregator::sources::Sources::check(config) {
+        match result {
+            Ok(what) => println!("source {name}: ok ({what})"),
+            Err(e) => {
+                reachable = false;
+                println!("source {name}: UNREACHABLE: {e}");
             }
         }
     }

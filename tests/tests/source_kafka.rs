@@ -413,3 +413,37 @@ fn a_replay_after_kill_9_overwrites_elasticsearch_documents_instead_of_duplicati
         "replayed records overwrote their documents"
     );
 }
+
+#[test]
+fn validate_check_outputs_checks_that_a_source_s_topics_exist() {
+    let Some(broker) = Service::start(ServiceKind::Tansu) else {
+        return;
+    };
+    let topic = format!("check.{}", unique_id("t").replace('-', "_"));
+    kafka_create_topic(&broker.addr(), &topic, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let validate = |topics: &str| {
+        let config = consumer(&broker.addr(), topics, "g", "");
+        let path = dir.path().join("aggregator.toml");
+        std::fs::write(&path, config.to_toml(dir.path())).unwrap();
+        std::process::Command::new(logferry_e2e::aggregator_bin())
+            .args(["validate", "--check-outputs", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = validate(&topic);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("source k: ok (1 broker(s), 2 partition(s) to consume)"),
+        "{stdout}"
+    );
+    let out = validate("^check\\\\..+\", \"missing.topic");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(78), "{stdout}");
+    assert!(
+        stdout.contains("source k: UNREACHABLE: no such topic on the brokers: missing.topic"),
+        "{stdout}"
+    );
+}

@@ -69,6 +69,24 @@ impl Sources {
         })
     }
 
+    /// Checks that each source of `config` can reach what it consumes from (blocking; for
+    /// `validate --check-outputs`): one `(name, result)` per source.
+    pub fn check(config: &Config) -> Vec<(String, Result<String, String>)> {
+        config
+            .sources
+            .iter()
+            .map(|(name, source)| {
+                let result = match source {
+                    #[cfg(feature = "kafka")]
+                    SourceConfig::Kafka(c) => kafka::check(c, std::time::Duration::from_secs(10)),
+                    #[cfg(not(feature = "kafka"))]
+                    SourceConfig::Kafka(_) => Err("this build has no kafka source".to_owned()),
+                };
+                (name.clone(), result)
+            })
+            .collect()
+    }
+
     /// Stops every source: each stops taking data, drains what it has in flight and tells
     /// upstream what is durable.
     pub async fn shutdown(self) {

@@ -132,6 +132,49 @@ pub fn client_config(c: &KafkaSourceConfig) -> ClientConfig {
     cc
 }
 
+/// Asks the brokers for their metadata (blocking, up to `timeout`) and checks that every
+/// topic the source names exists and every regex matches one: what `validate
+/// --check-outputs` prints for a source.
+pub fn check(c: &KafkaSourceConfig, timeout: Duration) -> Result<String, String> {
+    let consumer: BaseConsumer = client_config(c)
+        .create()
+        .map_err(|e| format!("cannot create the consumer: {e}"))?;
+    let metadata = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(|e| format!("metadata request failed: {e}"))?;
+    let names: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    let mut missing = Vec::new();
+    let mut partitions = 0;
+    for wanted in &c.topics {
+        let matches: Vec<usize> = match wanted.strip_prefix('^') {
+            Some(pattern) => {
+                let re = regex::Regex::new(&format!("^{pattern}")).map_err(|e| e.to_string())?;
+                (0..names.len())
+                    .filter(|&i| re.is_match(names[i]))
+                    .collect()
+            }
+            None => (0..names.len()).filter(|&i| names[i] == wanted).collect(),
+        };
+        if matches.is_empty() {
+            missing.push(wanted.as_str());
+        }
+        partitions += matches
+            .iter()
+            .map(|&i| metadata.topics()[i].partitions().len())
+            .sum::<usize>();
+    }
+    if !missing.is_empty() {
+        return Err(format!(
+            "no such topic on the brokers: {}",
+            missing.join(", ")
+        ));
+    }
+    Ok(format!(
+        "{} broker(s), {partitions} partition(s) to consume",
+        metadata.brokers().len()
+    ))
+}
+
 impl KafkaSource {
     /// Creates the consumer, subscribes, and starts its thread (which joins the group in the
     /// background). `dir` is the source's directory (`<buffer.path>/sources/<name>`);
