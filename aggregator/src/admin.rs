@@ -7,13 +7,15 @@
 //! an output has been failing longer than its `unready_after`, so a Kubernetes Service stops
 //! sending new connections to a full, stuck or leaving pod.
 //!
-//! `POST /dead-letter/replay?output=NAME[&timeout=60s][&kind=KIND]` replays that output's dead
-//! letters inside this process, through the output's own worker objects
-//! ([`crate::outputs::dead_letter::Replayer`]), and answers the
+//! `POST /dead-letter/replay?output=NAME[&pipeline=TENANT/PIPELINE][&timeout=60s][&kind=KIND]`
+//! replays that output's dead letters inside this process, through the output's own worker
+//! objects ([`crate::outputs::dead_letter::Replayer`]), and answers the
 //! [`crate::outputs::dead_letter::ReplayReport`] as JSON (200, also when files are left: the
-//! report says so). Errors are `{"error": "..."}`: 400 for a bad parameter, 404 for an unknown
-//! output, 409 while another replay of that output runs, 503 while shutting down, 500 for a
-//! dead-letter directory that cannot be read or written. This is what
+//! report says so). Without `pipeline`, `output` is one of `[outputs]`; with it, an output of
+//! that tenant pipeline while it runs (active, stale, or still draining). Errors are
+//! `{"error": "..."}`: 400 for a bad parameter, 404 for an unknown output or pipeline, 409
+//! while another replay of that output runs, 503 while shutting down, 500 for a dead-letter
+//! directory that cannot be read or written. This is what
 //! `logferry-aggregator dead-letter replay` calls when an aggregator holds the buffer.
 
 use std::collections::BTreeMap;
@@ -32,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::outputs::dead_letter::{ReplayError, Replayer};
 use crate::outputs::OutputHealth;
-use crate::tenants::Pipelines;
+use crate::tenants::{Key, Pipelines};
 
 /// The dead-letter replayers of the running outputs, by output name.
 pub type Replayers = BTreeMap<String, Arc<Replayer>>;
@@ -279,6 +281,7 @@ fn json_error(code: StatusCode, why: impl std::fmt::Display) -> axum::response::
 #[derive(Debug, PartialEq, Eq)]
 struct ReplayParams {
     output: String,
+    pipeline: Option<Key>,
     timeout: Duration,
     kind: Option<String>,
 }
@@ -286,6 +289,7 @@ struct ReplayParams {
 impl ReplayParams {
     fn parse(query: Option<&str>) -> Result<ReplayParams, String> {
         let mut output = None;
+        let mut pipeline = None;
         let mut timeout = DEFAULT_REPLAY_TIMEOUT;
         let mut kind = None;
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -293,6 +297,7 @@ impl ReplayParams {
             let value = percent_decode(value)?;
             match key {
                 "output" => output = Some(value),
+                "pipeline" => pipeline = Some(value.parse()?),
                 "timeout" => {
                     timeout = humantime::parse_duration(&value)
                         .map_err(|e| format!("timeout {value:?}: {e}"))?
@@ -306,6 +311,7 @@ impl ReplayParams {
             .ok_or("missing parameter output=NAME")?;
         Ok(ReplayParams {
             output,
+            pipeline,
             timeout,
             kind,
         })
@@ -349,16 +355,29 @@ async fn replay_dead_letters(
         Ok(p) => p,
         Err(why) => return json_error(StatusCode::BAD_REQUEST, why),
     };
-    let Some(replayer) = state.replayers.get(&params.output) else {
+    let replayer = match (&params.pipeline, &state.status.pipelines) {
+        (None, _) => state.replayers.get(&params.output).cloned(),
+        (Some(key), Some(pipelines)) => {
+            pipelines
+                .replayer(&key.tenant, &key.name, &params.output)
+                .await
+        }
+        (Some(_), None) => None,
+    };
+    let Some(replayer) = replayer else {
+        let what = match &params.pipeline {
+            Some(key) => format!(" running in pipeline {key}"),
+            None => String::new(),
+        };
         return json_error(
             StatusCode::NOT_FOUND,
             format!(
-                "no output named {:?} in the running aggregator",
+                "no output named {:?}{what} in the running aggregator",
                 params.output
             ),
         );
     };
-    tracing::info!(output = %params.output, timeout = ?params.timeout, kind = ?params.kind, "dead-letter replay requested");
+    tracing::info!(output = %params.output, pipeline = ?params.pipeline.as_ref().map(Key::to_string), timeout = ?params.timeout, kind = ?params.kind, "dead-letter replay requested");
     match replayer
         .replay(params.timeout, params.kind.as_deref())
         .await
@@ -391,6 +410,7 @@ mod tests {
             ReplayParams::parse(Some("output=es&timeout=5s&kind=too%5Flarge")),
             Ok(ReplayParams {
                 output: "es".into(),
+                pipeline: None,
                 timeout: Duration::from_secs(5),
                 kind: Some("too_large".into()),
             })
@@ -404,5 +424,15 @@ mod tests {
         assert!(ReplayParams::parse(Some("output=es&timeout=soon")).is_err());
         assert!(ReplayParams::parse(Some("output=es&force=1")).is_err());
         assert!(ReplayParams::parse(Some("output=%zz")).is_err());
+        assert_eq!(
+            ReplayParams::parse(Some("output=out&pipeline=shop%2Fweb")).map(|p| p.pipeline),
+            Ok(Some(Key {
+                tenant: "shop".into(),
+                name: "web".into(),
+            }))
+        );
+        assert!(ReplayParams::parse(Some("output=out&pipeline=shop")).is_err());
+        assert!(ReplayParams::parse(Some("output=out&pipeline=Shop/web")).is_err());
+        assert!(ReplayParams::parse(Some("output=out&pipeline=shop/web/x")).is_err());
     }
 }

@@ -87,6 +87,12 @@ pub fn output_buffer_dir(config: &Config, output: &str) -> PathBuf {
     config.buffer.path.join("outputs").join(output)
 }
 
+/// The directory under which the tenant pipelines' outputs keep their buffers
+/// (`<tenant>/<pipeline>/<output>/`, see [`crate::tenants::Key::output_dir`]).
+pub fn pipelines_buffer_root(config: &Config) -> PathBuf {
+    config.buffer.path.join("pipelines")
+}
+
 /// Runs the aggregator until SIGTERM/SIGINT, then shuts down gracefully. `config` has passed
 /// [`Config::validate`] (the command line checks it, and exits 78 if it does not).
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
@@ -137,7 +143,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         Some(_) => {
             let tenants = Arc::new(Pipelines::new(tenants::Shared {
                 config: config.pipelines.clone(),
-                buffer_root: config.buffer.path.join("pipelines"),
+                buffer_root: pipelines_buffer_root(&config),
                 buffer_template: buffer_options(&config, "", &config.buffer.path),
                 hard_stop: hard_stop.clone(),
                 replay_stop: replay_stop.clone(),

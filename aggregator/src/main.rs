@@ -6,11 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use logferry_aggregator::app::output_buffer_dir;
+use logferry_aggregator::app::{output_buffer_dir, pipelines_buffer_root};
 use logferry_aggregator::config::{
     Config, ConfigErrors, OutputConfig, PipelineConfig, PolicyConfig,
 };
 use logferry_aggregator::outputs::{dead_letter, Output};
+use logferry_aggregator::tenants::Key;
 use logferry_common::chunk::inspect_dir;
 use logferry_common::telemetry::{init_logging, LogFormat};
 
@@ -63,7 +64,8 @@ enum Command {
         /// A buffer directory (e.g. <buffer.path>/outputs/<name>).
         dir: PathBuf,
     },
-    /// Inspect or re-send an output's dead letters.
+    /// Inspect or re-send an output's dead letters: one of the config's [outputs], or with
+    /// --pipeline an output of a tenant pipeline.
     DeadLetter {
         #[command(subcommand)]
         command: DeadLetterCommand,
@@ -90,7 +92,11 @@ enum DeadLetterCommand {
     /// [outputs] needs a restart first). If that listener cannot be reached, nothing is done
     /// (exit 75). With no aggregator running, this command takes the lock for its whole run
     /// (an aggregator starting meanwhile fails and is restarted) and replays with the config
-    /// file as it is now. Never writes into a running output's files.
+    /// file as it is now (with --pipeline: the pipeline file as it is now, checked against the
+    /// tenant's policy). Never writes into a running output's files.
+    ///
+    /// Records are sent as they were kept: a tenant pipeline's parse and filters are not
+    /// applied again (a `parse_error` dead letter holds the raw record and is sent raw).
     Replay {
         #[command(flatten)]
         target: DeadLetterTarget,
@@ -115,9 +121,13 @@ struct DeadLetterTarget {
     /// The aggregator config.
     #[arg(long, env = "LOGFERRY_CONFIG")]
     config: PathBuf,
-    /// The output whose dead letters to use.
+    /// The output whose dead letters to use (with --pipeline: the name in the pipeline file).
     #[arg(long)]
     output: String,
+    /// A tenant pipeline (TENANT/NAME, its file `<[pipelines] dir>/TENANT/NAME.toml`) whose
+    /// output to use instead of one of [outputs].
+    #[arg(long, value_name = "TENANT/NAME")]
+    pipeline: Option<Key>,
 }
 
 fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -250,12 +260,9 @@ fn validate_pipeline(
         },
         (None, None) => None,
     };
-    let policy = match &policy_file {
-        Some(p) => match PolicyConfig::load(p) {
-            Ok(policy) => policy,
-            Err(errors) => return report_errors(p, &errors),
-        },
-        None => PolicyConfig::default(),
+    let policy = match load_policy(policy_file.as_deref()) {
+        Ok(policy) => policy,
+        Err(code) => return code,
     };
     let pipeline = match PipelineConfig::load(path, &tenant, &policy.tenant(&tenant)) {
         Ok(p) => p,
@@ -266,6 +273,14 @@ fn validate_pipeline(
     }
     println!("{}: valid (tenant {tenant})", path.display());
     ExitCode::SUCCESS
+}
+
+/// The tenant policy in `file`, or the built-in default policy; its errors are printed.
+fn load_policy(file: Option<&std::path::Path>) -> Result<PolicyConfig, ExitCode> {
+    match file {
+        Some(p) => PolicyConfig::load(p).map_err(|errors| report_errors(p, &errors)),
+        None => Ok(PolicyConfig::default()),
+    }
 }
 
 fn report_errors(path: &std::path::Path, errors: &ConfigErrors) -> ExitCode {
@@ -334,15 +349,11 @@ fn dead_letter(command: DeadLetterCommand) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let Some(output) = config.outputs.get(&target.output) else {
-        eprintln!(
-            "error: no output named {:?} in {}",
-            target.output,
-            target.config.display()
-        );
-        return ExitCode::from(EXIT_CONFIG);
+    let output = match resolve_output(&config, target) {
+        Ok(output) => output,
+        Err(code) => return code,
     };
-    let dir = dead_letter::dir_of(&output_buffer_dir(&config, &target.output));
+    let dir = dead_letter::dir_of(&output.buffer_dir);
     let result = match &command {
         DeadLetterCommand::List { show, .. } => dead_letter_list(&dir, *show),
         DeadLetterCommand::Replay {
@@ -353,8 +364,7 @@ fn dead_letter(command: DeadLetterCommand) -> ExitCode {
             ..
         } => dead_letter_replay(
             &config,
-            &target.output,
-            output,
+            &output,
             &dir,
             ReplayOptions {
                 timeout: *timeout,
@@ -371,6 +381,71 @@ fn dead_letter(command: DeadLetterCommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The output `dead-letter` works on.
+struct DeadLetterOutput {
+    /// Its name in its config file.
+    name: String,
+    /// Its tenant pipeline, if it is one.
+    pipeline: Option<Key>,
+    /// Its buffer name and metric label.
+    label: String,
+    /// Its config.
+    config: OutputConfig,
+    /// Its buffer directory.
+    buffer_dir: PathBuf,
+}
+
+/// Finds `--output` among the config's [outputs], or in the `--pipeline` file (read from
+/// `[pipelines] dir` and checked against the tenant's policy); errors are printed.
+fn resolve_output(
+    config: &Config,
+    target: &DeadLetterTarget,
+) -> Result<DeadLetterOutput, ExitCode> {
+    let Some(key) = &target.pipeline else {
+        let Some(output) = config.outputs.get(&target.output) else {
+            eprintln!(
+                "error: no output named {:?} in {}",
+                target.output,
+                target.config.display()
+            );
+            return Err(ExitCode::from(EXIT_CONFIG));
+        };
+        return Ok(DeadLetterOutput {
+            name: target.output.clone(),
+            pipeline: None,
+            label: target.output.clone(),
+            config: output.clone(),
+            buffer_dir: output_buffer_dir(config, &target.output),
+        });
+    };
+    let Some(dir) = &config.pipelines.dir else {
+        eprintln!(
+            "error: {} has no [pipelines] dir, so no pipeline {key}",
+            target.config.display(),
+        );
+        return Err(ExitCode::from(EXIT_CONFIG));
+    };
+    let policy = load_policy(config.pipelines.policy.as_deref())?;
+    let file = dir.join(&key.tenant).join(format!("{}.toml", key.name));
+    let pipeline = PipelineConfig::load(&file, &key.tenant, &policy.tenant(&key.tenant))
+        .map_err(|errors| report_errors(&file, &errors))?;
+    let Some(output) = pipeline.outputs.get(&target.output) else {
+        eprintln!(
+            "error: no output named {:?} in {}",
+            target.output,
+            file.display()
+        );
+        return Err(ExitCode::from(EXIT_CONFIG));
+    };
+    Ok(DeadLetterOutput {
+        name: target.output.clone(),
+        pipeline: Some(key.clone()),
+        label: key.output_label(&target.output),
+        config: output.clone(),
+        buffer_dir: key.output_dir(&pipelines_buffer_root(config), &target.output),
+    })
 }
 
 fn dead_letter_list(dir: &std::path::Path, show: usize) -> anyhow::Result<ExitCode> {
@@ -443,8 +518,7 @@ enum ReplayCliError {
 
 fn dead_letter_replay(
     config: &Config,
-    name: &str,
-    output: &OutputConfig,
+    output: &DeadLetterOutput,
     dir: &std::path::Path,
     opts: ReplayOptions<'_>,
 ) -> anyhow::Result<ExitCode> {
@@ -459,8 +533,8 @@ fn dead_letter_replay(
                 .build()
                 .context("cannot start the async runtime")?;
             rt.block_on(dead_letter::replay(
-                name,
-                output,
+                &output.label,
+                &output.config,
                 dir,
                 opts.timeout,
                 opts.kind,
@@ -476,7 +550,7 @@ fn dead_letter_replay(
                 let files = dead_letter::list_files(dir)
                     .map_err(anyhow::Error::from)?
                     .len();
-                replay_remote(root, &addr, name, &opts, files).map(|r| (r, "aggregator"))
+                replay_remote(root, &addr, output, &opts, files).map(|r| (r, "aggregator"))
             })
         }
     };
@@ -490,7 +564,10 @@ fn dead_letter_replay(
     };
     if opts.json {
         let mut v = serde_json::to_value(&report)?;
-        v["output"] = serde_json::Value::from(name);
+        v["output"] = serde_json::Value::from(output.name.as_str());
+        if let Some(key) = &output.pipeline {
+            v["pipeline"] = serde_json::Value::from(key.to_string());
+        }
         v["via"] = serde_json::Value::from(via);
         println!("{v}");
     } else {
@@ -548,7 +625,7 @@ fn admin_target(listen: &str) -> Result<String, String> {
 fn replay_remote(
     root: &std::path::Path,
     addr: &str,
-    name: &str,
+    output: &DeadLetterOutput,
     opts: &ReplayOptions<'_>,
     files: usize,
 ) -> Result<dead_letter::ReplayReport, ReplayCliError> {
@@ -576,9 +653,12 @@ fn replay_remote(
         .context("cannot set socket timeouts")?;
     let mut query = format!(
         "output={}&timeout={}ms",
-        query_escape(name),
+        query_escape(&output.name),
         opts.timeout.as_millis()
     );
+    if let Some(key) = &output.pipeline {
+        query.push_str(&format!("&pipeline={}", query_escape(&key.to_string())));
+    }
     if let Some(kind) = opts.kind {
         query.push_str(&format!("&kind={}", query_escape(kind)));
     }

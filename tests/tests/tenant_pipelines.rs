@@ -86,6 +86,11 @@ impl Tenants {
         )
     }
 
+    /// Writes [`Tenants::file_pipeline`] as `tenant`'s pipeline `name`.
+    fn write_file_pipeline(&self, tenant: &str, name: &str, extra: &str) {
+        self.write(tenant, name, &self.file_pipeline(tenant, name, extra));
+    }
+
     fn config(&self) -> AggregatorConfig {
         std::fs::write(
             self.policy(),
@@ -943,4 +948,118 @@ async fn a_version_whose_output_cannot_be_built_leaves_the_running_one_alone() {
         .await
         .unwrap();
     wait_for_records(&t.out("shop", "web"), &run, 200, Duration::from_secs(30));
+}
+
+/// `dead-letter list|replay --pipeline TENANT/NAME --output OUT` on `agg`'s config.
+fn dead_letter_cli(agg: &Aggregator, command: &str, extra: &[&str]) -> std::process::Output {
+    logferry_e2e::run_checked(
+        std::process::Command::new(aggregator_bin())
+            .args(["dead-letter", command, "--config"])
+            .arg(&agg.config_path)
+            .args(["--pipeline", "shop/web", "--output", "out"])
+            .args(extra),
+        Duration::from_secs(60),
+    )
+}
+
+#[tokio::test]
+async fn a_pipelines_parse_dead_letters_are_listed_and_replayed_as_they_were_kept() {
+    let t = Tenants::new();
+    t.write_file_pipeline(
+        "shop",
+        "web",
+        "[parse]\nformat = \"json\"\non_error = \"dead_letter\"\n",
+    );
+    let mut agg = Aggregator::start_with(t.config());
+    wait_for_state(&agg, "shop", "web", "active");
+    let out = t.out("shop", "web");
+    let raw = |i: usize| serde_json::json!({ "log": format!("not json {i}"), "stream": "stdout" });
+    let mut lines: Vec<Value> = (0..5).map(raw).collect();
+    lines.push(serde_json::json!({ "log": r#"{"ok":true}"#, "stream": "stdout" }));
+    logferry_e2e::client::send_json_acked(
+        &agg.forward_addr.to_string(),
+        &kube_tag("web-1", "shop", "web"),
+        &lines,
+        6,
+    );
+    let dl_dir = agg.buffer_dir.join("pipelines/shop/web/out/dead-letter");
+    let file = wait_until("a dead letter", Duration::from_secs(30), || {
+        logferry_e2e::chunks::chunk_files(&dl_dir)
+            .into_iter()
+            .next()
+    });
+    let kept = std::fs::read(&file).unwrap();
+    // The raw records, exactly as they arrived; the parsed one went out.
+    let raw_out = || {
+        read_output(&out)
+            .into_iter()
+            .filter(|v| {
+                v["record"]["log"]
+                    .as_str()
+                    .is_some_and(|l| l.starts_with("not json"))
+            })
+            .map(|v| v["record"].clone())
+            .collect::<Vec<Value>>()
+    };
+    wait_until("the parsed record", Duration::from_secs(30), || {
+        (read_output(&out).len() == 1).then_some(())
+    });
+    assert!(raw_out().is_empty());
+
+    let list = dead_letter_cli(&agg, "list", &[]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("1 file(s), 5 record(s): parse_error=5"),
+        "{text}"
+    );
+    assert!(text.contains(&dl_dir.display().to_string()), "{text}");
+
+    // Running: through the pipeline's own output worker, found by the admin listener.
+    let admin = agg.admin_addr.to_string();
+    let replay = dead_letter_cli(
+        &agg,
+        "replay",
+        &["--timeout", "5s", "--json", "--admin", &admin],
+    );
+    let summary: Value = serde_json::from_slice(&replay.stdout).expect("JSON summary");
+    assert_eq!(summary["via"], "aggregator", "{summary}");
+    assert_eq!(summary["pipeline"], "shop/web", "{summary}");
+    assert_eq!(summary["delivered"], 5, "{summary}");
+    assert_eq!(summary["dead_again"], 0, "{summary}");
+    assert_eq!(summary["remaining_files"], 0, "{summary}");
+    let replayed = wait_until("5 replayed records", Duration::from_secs(10), || {
+        let r = raw_out();
+        (r.len() == 5).then_some(r)
+    });
+    // Sent as kept: not parsed again (that would only make them dead letters again).
+    assert_eq!(replayed, (0..5).map(raw).collect::<Vec<_>>());
+    assert_eq!(read_output(&out).len(), 6);
+
+    // An output that is not in the running pipeline: 404, nothing done.
+    let (code, body) = logferry_e2e::http_post(
+        agg.admin_addr,
+        "/dead-letter/replay?output=gone&pipeline=shop/web",
+    )
+    .unwrap();
+    assert_eq!(code, 404, "{body}");
+
+    // Stopped: the command builds the output from the pipeline file and replays alone.
+    let name =
+        logferry_common::chunk::chunk_file_name(1, logferry_common::chunk::ChunkState::Sealed);
+    std::fs::write(dl_dir.join(name), &kept).unwrap();
+    agg.stop(Duration::from_secs(30));
+    let alone = dead_letter_cli(&agg, "replay", &["--timeout", "5s"]);
+    let text = String::from_utf8_lossy(&alone.stdout);
+    assert!(
+        text.contains(
+            "replayed 1 file(s): 5 record(s) delivered, 0 dead again, 0 file(s) left to retry"
+        ),
+        "{text}"
+    );
+    assert!(logferry_e2e::chunks::chunk_files(&dl_dir).is_empty());
+    assert_eq!(
+        raw_out().len(),
+        10,
+        "once through the aggregator, once alone"
+    );
 }

@@ -50,6 +50,7 @@ use super::stage::{Stage, Stats, StatsView};
 use crate::config::{
     is_dns_label, OutputConfig, PipelineBufferConfig, PipelineConfig, PipelinesConfig, PolicyConfig,
 };
+use crate::outputs::dead_letter::Replayer;
 use crate::outputs::{self, OutputHealth, OutputSpec};
 
 /// A file changed more recently than this is read in the next round.
@@ -62,6 +63,43 @@ pub struct Key {
     pub tenant: String,
     /// The pipeline.
     pub name: String,
+}
+
+impl Key {
+    /// `<root>/<tenant>/<name>/<output>`: the buffer directory of one of its outputs, `root`
+    /// being `<buffer.path>/pipelines`.
+    pub fn output_dir(&self, root: &Path, output: &str) -> PathBuf {
+        root.join(&self.tenant).join(&self.name).join(output)
+    }
+
+    /// `<tenant>/<name>/<output>`: one of its outputs' buffer name and `output` metric label.
+    pub fn output_label(&self, output: &str) -> String {
+        format!("{self}/{output}")
+    }
+}
+
+impl std::fmt::Display for Key {
+    /// `TENANT/NAME`, as [`Key::from_str`](std::str::FromStr) reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.name)
+    }
+}
+
+impl std::str::FromStr for Key {
+    type Err = String;
+
+    /// `TENANT/NAME`, both DNS labels.
+    fn from_str(s: &str) -> Result<Key, String> {
+        match s.split_once('/') {
+            Some((tenant, name)) if is_dns_label(tenant) && is_dns_label(name) => Ok(Key {
+                tenant: tenant.to_owned(),
+                name: name.to_owned(),
+            }),
+            _ => Err(format!(
+                "pipeline {s:?}: expected TENANT/NAME, both DNS labels"
+            )),
+        }
+    }
 }
 
 /// What the ingest sees of a running pipeline.
@@ -192,6 +230,7 @@ struct RunningOutput {
     buffer: Buffer,
     health: Arc<OutputHealth>,
     stage: Arc<Stage>,
+    replayer: Arc<Replayer>,
     task: JoinHandle<()>,
     stop: CancellationToken,
 }
@@ -259,6 +298,8 @@ pub struct Pipelines {
 struct Drain {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// Its dead-letter replays, while it still runs.
+    replayer: Arc<Replayer>,
 }
 
 /// A pipeline's status, as `GET /pipelines/<tenant>/<name>` shows it.
@@ -558,7 +599,7 @@ impl Pipelines {
             drain.stop.cancel();
             let _ = drain.task.await;
         }
-        options.name = format!("{}/{}/{name}", key.tenant, key.name);
+        options.name = key.output_label(name);
         options.total_limit_size = buffer.total_limit_size.bytes();
         options.overflow_action = buffer.overflow_action;
         let label = options.name.clone();
@@ -580,17 +621,14 @@ impl Pipelines {
             buffer: started.buffer,
             health: started.health,
             stage,
+            replayer: started.replayer,
             task: started.task,
             stop,
         })
     }
 
     fn output_dir(&self, key: &Key, output: &str) -> PathBuf {
-        self.shared
-            .buffer_root
-            .join(&key.tenant)
-            .join(&key.name)
-            .join(output)
+        key.output_dir(&self.shared.buffer_root, output)
     }
 
     /// Closes an output's buffer and lets its worker deliver what is left for up to
@@ -600,6 +638,7 @@ impl Pipelines {
         let dir = self.output_dir(key, name);
         let (tenant, pipeline, name) = (key.tenant.clone(), key.name.clone(), name.to_owned());
         let stop = output.stop.clone();
+        let replayer = Arc::clone(&output.replayer);
         let task = tokio::spawn(async move {
             let _ = output.buffer.close().await;
             let mut task = output.task;
@@ -614,7 +653,14 @@ impl Pipelines {
         self.drains
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(dir, Drain { stop, task });
+            .insert(
+                dir,
+                Drain {
+                    stop,
+                    task,
+                    replayer,
+                },
+            );
     }
 
     /// Whether an output of `key` still drains.
@@ -680,6 +726,29 @@ impl Pipelines {
             status.unstarted_bytes = Some(dir_bytes(&dir));
         }
         status
+    }
+
+    /// The dead-letter replayer of output `output` of pipeline `tenant`/`name`, while that
+    /// output runs: in the version that runs (also when a newer one was rejected), or
+    /// draining (its file gone, or the output no longer in it) until its drain ends.
+    pub async fn replayer(&self, tenant: &str, name: &str, output: &str) -> Option<Arc<Replayer>> {
+        let key = Key {
+            tenant: tenant.to_owned(),
+            name: name.to_owned(),
+        };
+        let running = self.entries.lock().await.get(&key).and_then(|e| {
+            e.running
+                .as_ref()
+                .and_then(|r| r.outputs.get(output))
+                .map(|o| Arc::clone(&o.replayer))
+        });
+        running.or_else(|| {
+            let drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+            drains
+                .get(&self.output_dir(&key, output))
+                .filter(|d| !d.task.is_finished())
+                .map(|d| Arc::clone(&d.replayer))
+        })
     }
 
     /// The tap of a pipeline ([`Stats::tap`](super::stage::Stats::tap)).
@@ -813,8 +882,9 @@ fn status(key: &Key, entry: &Entry) -> PipelineStatus {
         r.outputs
             .keys()
             .map(|name| {
-                let label = format!("{}/{}/{name}", key.tenant, key.name);
-                telemetry::OUTPUT_RECORDS.with_label_values(&[&label]).get()
+                telemetry::OUTPUT_RECORDS
+                    .with_label_values(&[&key.output_label(name)])
+                    .get()
             })
             .sum()
     });
