@@ -207,6 +207,18 @@ async fn every_tenant_gets_exactly_its_own_records_over_one_shared_connection() 
         );
         let s = status(&agg, &format!("/pipelines/{tenant}/all"));
         assert_eq!(s["records_in"], 2 * n, "{s}");
+        // Younger than 5 minutes: the window holds everything since the pipeline started.
+        assert_eq!(s["records_in_5m"], 2 * n, "{s}");
+        assert!(s["window_seconds"].as_u64().is_some_and(|w| w < 300), "{s}");
+        let path = format!("/pipelines/{tenant}/all");
+        wait_until(
+            "records out over 5 minutes",
+            Duration::from_secs(10),
+            || {
+                let s = status(&agg, &path);
+                (s["records_out_5m"] == 2 * n && s["records_out"] == 2 * n).then_some(())
+            },
+        );
     }
     assert_eq!(
         status(&agg, "/pipelines").as_array().unwrap().len(),

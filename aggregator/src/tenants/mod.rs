@@ -18,12 +18,14 @@
 //! - [`stage`]: running them on the delivery path, and what a pipeline counts.
 //! - [`registry`]: the running pipelines, how a file is applied, and their status.
 //! - [`watch`]: inotify on the pipeline directory and the policy, waking the rescan.
+//! - [`window`]: records in and out over the last five minutes, from samples.
 
 pub mod registry;
 pub mod select;
 pub mod stage;
 pub mod transform;
 pub mod watch;
+pub mod window;
 
 pub use registry::{Key, PipelineStatus, Pipelines, Registry, Shared};
 pub use select::Request;

@@ -36,7 +36,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use logferry_common::chunk::{Buffer, BufferOptions};
 use logferry_common::config::{ConfigError, ConfigErrors};
@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::select::{Request, Selector};
 use super::stage::{Stage, Stats, StatsView};
+use super::window::Window;
 use crate::config::{
     is_dns_label, OutputConfig, PipelineBufferConfig, PipelineConfig, PipelinesConfig, PolicyConfig,
 };
@@ -252,6 +253,8 @@ struct Entry {
     rejected: Option<Rejected>,
     draining: bool,
     stats: Arc<Stats>,
+    /// Samples of `records_in` and `records_out`, taken on rescans and status requests.
+    window: Window,
 }
 
 impl Entry {
@@ -323,6 +326,14 @@ pub struct PipelineStatus {
     pub records_in: u64,
     /// Records delivered over all outputs, since start.
     pub records_out: u64,
+    /// `records_in` over the last 5 minutes (see `window_seconds`).
+    pub records_in_5m: u64,
+    /// `records_out` over the last 5 minutes (see `window_seconds`).
+    pub records_out_5m: u64,
+    /// The span `records_in_5m` and `records_out_5m` cover, in seconds: 300 up to 300 + the
+    /// time between two samples (10 s, or `rescan_interval` when longer), less while the
+    /// pipeline is younger than 5 minutes.
+    pub window_seconds: u64,
     /// Bytes on disk under the pipeline's buffer directory while no version of it runs
     /// (rejected at start, or draining): kept, never deleted, delivered once a valid version
     /// runs.
@@ -387,6 +398,7 @@ impl Pipelines {
             return;
         };
         let mut entries = self.entries.lock().await;
+        sample(&mut entries);
         let (policy, policy_hash, policy_error) = self.policy();
         if let Some(e) = policy_error {
             // The last good policy stays (pipelines already applied keep running); nothing
@@ -439,6 +451,7 @@ impl Pipelines {
                 rejected: None,
                 draining: false,
                 stats: Arc::new(Stats::new(&key.tenant, &key.name)),
+                window: Window::new(Instant::now(), records_in(&key), 0),
             });
             if entry.seen == Some(hash) && !entry.draining {
                 continue;
@@ -698,7 +711,8 @@ impl Pipelines {
 
     /// Every pipeline's status.
     pub async fn statuses(&self) -> Vec<PipelineStatus> {
-        let entries = self.entries.lock().await;
+        let mut entries = self.entries.lock().await;
+        sample(&mut entries);
         entries
             .iter()
             .map(|(k, e)| self.with_disk(status(k, e)))
@@ -711,7 +725,8 @@ impl Pipelines {
             tenant: tenant.to_owned(),
             name: name.to_owned(),
         };
-        let entries = self.entries.lock().await;
+        let mut entries = self.entries.lock().await;
+        sample(&mut entries);
         entries.get(&key).map(|e| self.with_disk(status(&key, e)))
     }
 
@@ -875,19 +890,8 @@ fn status(key: &Key, entry: &Entry) -> PipelineStatus {
                 .collect()
         })
         .unwrap_or_default();
-    let records_in = telemetry::PIPELINE_RECORDS_IN
-        .with_label_values(&[&key.tenant, &key.name])
-        .get();
-    let records_out = entry.running.as_ref().map_or(0, |r| {
-        r.outputs
-            .keys()
-            .map(|name| {
-                telemetry::OUTPUT_RECORDS
-                    .with_label_values(&[&key.output_label(name)])
-                    .get()
-            })
-            .sum()
-    });
+    let (records_in, records_out) = (records_in(key), records_out(key, entry));
+    let last_5m = entry.window.over(Instant::now(), records_in, records_out);
     PipelineStatus {
         tenant: key.tenant.clone(),
         name: key.name.clone(),
@@ -898,8 +902,41 @@ fn status(key: &Key, entry: &Entry) -> PipelineStatus {
         outputs,
         records_in,
         records_out,
+        records_in_5m: last_5m.records_in,
+        records_out_5m: last_5m.records_out,
+        window_seconds: last_5m.seconds,
         unstarted_bytes: None,
         stats: entry.stats.view(),
+    }
+}
+
+/// Records routed to `key` since start.
+fn records_in(key: &Key) -> u64 {
+    telemetry::PIPELINE_RECORDS_IN
+        .with_label_values(&[&key.tenant, &key.name])
+        .get()
+}
+
+/// Records delivered by the outputs of `key`'s running version since start.
+fn records_out(key: &Key, entry: &Entry) -> u64 {
+    entry.running.as_ref().map_or(0, |r| {
+        r.outputs
+            .keys()
+            .map(|name| {
+                telemetry::OUTPUT_RECORDS
+                    .with_label_values(&[&key.output_label(name)])
+                    .get()
+            })
+            .sum()
+    })
+}
+
+/// Samples every pipeline's counters into its window (when its last sample is old enough).
+fn sample(entries: &mut BTreeMap<Key, Entry>) {
+    let now = Instant::now();
+    for (key, entry) in entries.iter_mut() {
+        let (i, o) = (records_in(key), records_out(key, entry));
+        entry.window.sample(now, i, o);
     }
 }
 
