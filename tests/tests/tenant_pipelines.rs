@@ -795,35 +795,74 @@ async fn the_tap_shows_only_that_pipelines_records_and_stops_at_its_limit() {
     assert_eq!(code, 404);
 }
 
-#[tokio::test]
-async fn an_authenticated_user_outside_the_cluster_sends_as_its_tenant() {
-    let t = Tenants::new();
-    t.write("shop", "ext", &t.file_pipeline("shop", "ext", ""));
-    t.write("other", "ext", &t.file_pipeline("other", "ext", ""));
+/// Pipelines `ext` of tenants `shop` and `other`, an aggregator with `server_extra` (its auth),
+/// and 100 records sent after a handshake with `k3y` (and `user`) under a tag that names no
+/// tenant: they must reach shop's pipeline only. Returns the aggregator.
+async fn sent_from_outside_the_cluster(
+    t: &Tenants,
+    server_extra: &str,
+    user: Option<(&str, &str)>,
+) -> Aggregator {
+    t.write_file_pipeline("shop", "ext", "");
+    t.write_file_pipeline("other", "ext", "");
     let agg = Aggregator::start_with(AggregatorConfig {
-        server_extra: r#"
-[server.auth]
-shared_key = "k3y"
-[[server.auth.users]]
-username = "shop-batch"
-password = "pw"
-tenant = "shop"
-"#
-        .into(),
+        server_extra: server_extra.into(),
         ..t.config()
     });
     wait_for_state(&agg, "shop", "ext", "active");
+    wait_for_state(&agg, "other", "ext", "active");
     let mut stream = tcp(agg.forward_addr).await;
-    logferry_e2e::client::auth(&mut stream, "k3y", Some(("shop-batch", "pw")))
+    logferry_e2e::client::auth(&mut stream, "k3y", user)
         .await
         .unwrap();
-    // Neither a Kubernetes tag nor a namespace in the records: the user says whose they are.
+    // Neither a Kubernetes tag nor a namespace in the records: the connection says whose
+    // they are.
     let run = unique_id("ext");
     send_tagged_acked(&mut stream, "batch.nightly", &run, 0, 100)
         .await
         .unwrap();
     wait_for_records(&t.out("shop", "ext"), &run, 100, Duration::from_secs(30));
     assert!(runs_in(&t.out("other", "ext")).is_empty());
+    agg
+}
+
+#[tokio::test]
+async fn an_authenticated_user_outside_the_cluster_sends_as_its_tenant() {
+    let t = Tenants::new();
+    sent_from_outside_the_cluster(
+        &t,
+        r#"
+[server.auth]
+shared_key = "k3y"
+[[server.auth.users]]
+username = "shop-batch"
+password = "pw"
+tenant = "shop"
+"#,
+        Some(("shop-batch", "pw")),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_sender_matched_by_an_auth_client_entry_sends_as_its_tenant() {
+    let t = Tenants::new();
+    // The client entry's tenant wins over the listener's.
+    let agg = sent_from_outside_the_cluster(
+        &t,
+        r#"
+tenant = "other"
+[server.auth]
+shared_key = "k3y"
+[[server.auth.clients]]
+network = "127.0.0.0/8"
+tenant = "shop"
+"#,
+        None,
+    )
+    .await;
+    assert_eq!(status(&agg, "/pipelines/shop/ext")["records_in"], 100);
+    assert_eq!(status(&agg, "/pipelines/other/ext")["records_in"], 0);
 }
 
 #[tokio::test]

@@ -198,13 +198,17 @@ impl Listeners {
                 seen_names.push(name.clone());
             }
             let users = s.auth.iter().flat_map(|a| a.users.iter().enumerate());
-            let tenants =
-                s.tenant
-                    .iter()
-                    .map(|t| ("tenant".to_owned(), t))
-                    .chain(users.filter_map(|(j, u)| {
-                        Some((format!("auth.users[{j}].tenant"), u.tenant.as_ref()?))
-                    }));
+            let clients = s.auth.iter().flat_map(|a| a.clients.iter().enumerate());
+            let tenants = s
+                .tenant
+                .iter()
+                .map(|t| ("tenant".to_owned(), t))
+                .chain(users.filter_map(|(j, u)| {
+                    Some((format!("auth.users[{j}].tenant"), u.tenant.as_ref()?))
+                }))
+                .chain(clients.filter_map(|(j, c)| {
+                    Some((format!("auth.clients[{j}].tenant"), c.tenant.as_ref()?))
+                }));
             for (k, tenant) in tenants {
                 if !super::is_dns_label(tenant) {
                     err(
@@ -492,6 +496,10 @@ pub struct AuthClientConfig {
     /// Users allowed from this source (default: all).
     #[serde(default)]
     pub users: Vec<String>,
+    /// The tenant of every record a sender matched by this entry sends (tenant pipelines):
+    /// over the listener's, under its user's (`auth.users[].tenant`).
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 impl AuthClientConfig {
@@ -666,6 +674,27 @@ mod tests {
         let dbg = format!("{many:?}");
         assert!(!dbg.contains("\"pw\"") && !dbg.contains("\"own\""), "{dbg}");
         assert!(many.warnings().iter().all(|w| !w.contains("server[1]")));
+    }
+
+    #[test]
+    fn a_client_entry_takes_a_tenant_validated_as_a_dns_label() {
+        let auth = |tenant: &str| {
+            format!(
+                "[server.auth]\nshared_key = \"k\"\n[[server.auth.clients]]\nnetwork = \"10.0.0.0/8\"\ntenant = {tenant:?}\n"
+            )
+        };
+        let good = parse(&auth("shop"));
+        good.validate().unwrap();
+        let clients = &good.server[0].auth.as_ref().unwrap().clients;
+        assert_eq!(clients[0].tenant.as_deref(), Some("shop"));
+        for bad in ["Shop", "shop_1", ""] {
+            let errors = parse(&auth(bad)).validate().unwrap_err().to_string();
+            assert!(
+                errors.contains("server.auth.clients[0].tenant")
+                    && errors.contains("not a tenant name"),
+                "{bad}: {errors}"
+            );
+        }
     }
 
     #[test]

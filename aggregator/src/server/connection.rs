@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use logferry_common::chunk::ChunkError;
-use logferry_common::forward::session::{AuthFailure, ServerHandshake};
+use logferry_common::forward::session::{Accepted, AuthFailure, ServerHandshake};
 use logferry_common::forward::{encode_ack, DecodeError, Decoder, EventBatch, Frame, Request};
 use logferry_common::telemetry;
 use logferry_common::tls::{self, tokio_rustls::server::TlsStream};
@@ -211,14 +211,14 @@ enum HandshakeEnd {
 }
 
 /// Runs the server side of the Forward handshake on `stream`: HELO, PING into `buf`, PONG.
-/// Bytes after the PING stay in `buf` for the transport phase.
+/// Bytes after the PING stay in `buf` for the transport phase. Returns who was accepted.
 async fn forward_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     mut handshake: ServerHandshake,
     buf: &mut BytesMut,
     deadline: Instant,
     shutdown: &CancellationToken,
-) -> Result<Option<String>, HandshakeEnd> {
+) -> Result<Accepted, HandshakeEnd> {
     let mut helo = Vec::with_capacity(64);
     handshake.helo(&mut helo);
     write_by(stream, &helo, deadline).await?;
@@ -227,7 +227,7 @@ async fn forward_handshake<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Some(accepted)) => {
                 write_by(stream, &accepted.pong, deadline).await?;
                 tracing::debug!(client = %accepted.client_hostname, user = ?accepted.username, "Forward handshake succeeded");
-                return Ok(accepted.username);
+                return Ok(accepted);
             }
             Ok(None) => {}
             Err(failure) => {
@@ -281,7 +281,7 @@ async fn serve<S: Stream>(
 ) -> Option<End> {
     let (settings, shutdown) = (&*listener.settings, &listener.shutdown);
     let mut buf = BytesMut::new();
-    let user = match handshake {
+    let accepted = match handshake {
         None => None,
         Some(handshake) => {
             match forward_handshake(
@@ -293,7 +293,7 @@ async fn serve<S: Stream>(
             )
             .await
             {
-                Ok(user) => user,
+                Ok(accepted) => Some(accepted),
                 Err(end) => {
                     handshake_failed(settings, end);
                     return None;
@@ -315,8 +315,12 @@ async fn serve<S: Stream>(
     ));
     let pipeline = Arc::clone(&listener.pipeline);
     let mut c = Conn {
-        source: Source::new(&listener.name, user.as_deref(), peer.ip()),
-        tenant: settings.tenant_of(user.as_deref()),
+        source: Source::new(
+            &listener.name,
+            accepted.as_ref().and_then(|a| a.username.as_deref()),
+            peer.ip(),
+        ),
+        tenant: settings.tenant_of(accepted.as_ref()),
         lanes: Lanes::new(),
         pipeline,
         settings,
@@ -386,7 +390,8 @@ struct Conn<'a> {
     pipeline: Arc<Pipeline>,
     settings: &'a ListenerSettings,
     source: Source,
-    /// The tenant of this connection's records (its user's or its listener's), if it has one.
+    /// The tenant of this connection's records (its user's, its client rule's or its
+    /// listener's), if it has one.
     tenant: Option<Arc<str>>,
     decoder: Decoder,
     buf: BytesMut,
@@ -811,6 +816,7 @@ mod tests {
                 auth: None,
                 tenant: None,
                 user_tenants: Default::default(),
+                client_tenants: Vec::new(),
             }),
             pipeline: pipeline(dir),
             shutdown: CancellationToken::new(),

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use logferry_common::config::system_hostname;
-use logferry_common::forward::session::{ClientRule, ServerAuth, Source};
+use logferry_common::forward::session::{Accepted, ClientRule, ServerAuth, Source};
 use logferry_common::forward::Limits;
 use logferry_common::telemetry;
 use logferry_common::tls::{self, tokio_rustls::TlsAcceptor, ServerTlsFiles, TlsError};
@@ -111,14 +111,23 @@ pub struct ListenerSettings {
     pub tenant: Option<Arc<str>>,
     /// The tenant of each authenticated user that has one (`auth.users[].tenant`).
     pub user_tenants: HashMap<String, Arc<str>>,
+    /// The tenant of each of `auth`'s client rules, in their order (`auth.clients[].tenant`).
+    pub client_tenants: Vec<Option<Arc<str>>>,
 }
 
 impl ListenerSettings {
-    /// The tenant of a connection's records: its user's, else the listener's.
-    pub fn tenant_of(&self, user: Option<&str>) -> Option<Arc<str>> {
-        user.and_then(|u| self.user_tenants.get(u))
-            .or(self.tenant.as_ref())
-            .cloned()
+    /// The tenant of a connection's records: its user's, else its client rule's, else the
+    /// listener's. `accepted`: its Forward handshake, when the listener has `auth`.
+    pub fn tenant_of(&self, accepted: Option<&Accepted>) -> Option<Arc<str>> {
+        let user = accepted
+            .and_then(|a| a.username.as_deref())
+            .and_then(|u| self.user_tenants.get(u));
+        let client = || {
+            accepted
+                .and_then(|a| a.client_rule)
+                .and_then(|i| self.client_tenants.get(i)?.as_ref())
+        };
+        user.or_else(client).or(self.tenant.as_ref()).cloned()
     }
 }
 
@@ -151,6 +160,13 @@ impl ListenerSettings {
                 })
             }
         };
+        let (auth, client_tenants) = match &config.auth {
+            Some(a) => {
+                let (auth, tenants) = build_auth(label, a);
+                (Some(auth), tenants)
+            }
+            None => (None, Vec::new()),
+        };
         Ok(Self {
             limits: Limits {
                 max_request_bytes: usize::try_from(config.max_request_bytes.bytes())
@@ -166,7 +182,7 @@ impl ListenerSettings {
             handshake_timeout: config.handshake_timeout,
             max_connections_per_source: config.max_connections_per_source,
             tls,
-            auth: config.auth.as_ref().map(|a| Arc::new(build_auth(label, a))),
+            auth: auth.map(Arc::new),
             tenant: config.tenant.as_deref().map(Arc::from),
             user_tenants: config
                 .auth
@@ -174,14 +190,16 @@ impl ListenerSettings {
                 .flat_map(|a| &a.users)
                 .filter_map(|u| Some((u.username.clone(), Arc::from(u.tenant.as_deref()?))))
                 .collect(),
+            client_tenants,
         })
     }
 }
 
-/// The policy of `[server.auth]`. Host names in `clients` are resolved now; one that does not
-/// resolve matches nobody (logged).
-fn build_auth(label: &str, auth: &config::AuthConfig) -> ServerAuth {
-    let clients = auth
+/// The policy of `[server.auth]`, and the tenant of each of its client rules (in their
+/// order). Host names in `clients` are resolved now; one that does not resolve matches nobody
+/// (logged).
+fn build_auth(label: &str, auth: &config::AuthConfig) -> (ServerAuth, Vec<Option<Arc<str>>>) {
+    let (clients, tenants) = auth
         .clients
         .iter()
         .filter_map(|c| {
@@ -206,14 +224,15 @@ fn build_auth(label: &str, auth: &config::AuthConfig) -> ServerAuth {
             } else {
                 return None; // validate() rejects this
             };
-            Some(ClientRule {
+            let rule = ClientRule {
                 source,
                 shared_key: c.shared_key.as_ref().map(|k| k.expose().to_owned()),
                 users: c.users.clone(),
-            })
+            };
+            Some((rule, c.tenant.as_deref().map(Arc::from)))
         })
-        .collect();
-    ServerAuth {
+        .unzip();
+    let auth = ServerAuth {
         hostname: auth
             .self_hostname
             .clone()
@@ -226,7 +245,8 @@ fn build_auth(label: &str, auth: &config::AuthConfig) -> ServerAuth {
             .collect(),
         clients,
         allow_anonymous_source: auth.allow_anonymous_source,
-    }
+    };
+    (auth, tenants)
 }
 
 /// Open connections per source address of one listener.
@@ -578,5 +598,62 @@ impl ListenerSet {
     /// The labels of the listeners, in config order.
     pub fn labels(&self) -> Vec<String> {
         self.listeners.iter().map(|l| l.label.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(username: Option<&str>, client_rule: Option<usize>) -> Accepted {
+        Accepted {
+            pong: Vec::new(),
+            client_hostname: "sender".into(),
+            username: username.map(str::to_owned),
+            client_rule,
+        }
+    }
+
+    #[test]
+    fn a_connections_tenant_is_its_users_then_its_client_rules_then_its_listeners() {
+        let config: crate::config::Config = crate::config::Config::parse_with_env(
+            r#"
+            [server]
+            tenant = "listener"
+            auth = { shared_key = "k", users = [
+                { username = "with", password = "pw", tenant = "user" },
+                { username = "without", password = "pw" },
+            ], clients = [
+                { network = "10.0.0.0/8" },
+                { network = "192.168.0.0/16", tenant = "client" },
+            ] }
+            "#,
+            |_| None,
+        )
+        .unwrap();
+        let settings = ListenerSettings::build("test", &config.server[0]).unwrap();
+        let tenant = |a: Option<Accepted>| settings.tenant_of(a.as_ref()).map(|t| t.to_string());
+        assert_eq!(
+            tenant(Some(accepted(Some("with"), Some(1)))).as_deref(),
+            Some("user")
+        );
+        assert_eq!(
+            tenant(Some(accepted(Some("without"), Some(1)))).as_deref(),
+            Some("client")
+        );
+        assert_eq!(
+            tenant(Some(accepted(None, Some(1)))).as_deref(),
+            Some("client")
+        );
+        // A rule without a tenant, or none matched: the listener's.
+        assert_eq!(
+            tenant(Some(accepted(Some("without"), Some(0)))).as_deref(),
+            Some("listener")
+        );
+        assert_eq!(
+            tenant(Some(accepted(None, None))).as_deref(),
+            Some("listener")
+        );
+        assert_eq!(tenant(None).as_deref(), Some("listener"));
     }
 }

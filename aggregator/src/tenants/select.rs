@@ -2,7 +2,9 @@
 //!
 //! Decided once per request (a Forward request carries one tag, and the forwarder sends one
 //! container's records per request), never per record:
-//! - the listener's `tenant`, when it has one (senders outside the cluster);
+//! - the connection's tenant, when it has one (senders outside the cluster): its user's
+//!   `auth.users[].tenant`, else its `auth.clients[].tenant`, else the listener's `tenant`
+//!   (`crate::server::ListenerSettings::tenant_of`);
 //! - else the namespace in the forwarder's tag,
 //!   `<prefix>.var.log.containers.<pod>_<namespace>_<container>-<id>.log` (pod names and
 //!   namespaces have no `_`);

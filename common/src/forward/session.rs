@@ -253,6 +253,8 @@ pub struct Accepted {
     pub client_hostname: String,
     /// The user that logged in, if user auth is on.
     pub username: Option<String>,
+    /// The index in [`ServerAuth::clients`] of the rule the peer matched, if any.
+    pub client_rule: Option<usize>,
 }
 
 /// The handshake of one connection. See the [module docs](self).
@@ -423,6 +425,7 @@ impl ServerHandshake {
             pong,
             client_hostname: client,
             username,
+            client_rule: self.rule,
         })
     }
 }
