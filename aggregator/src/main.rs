@@ -387,18 +387,31 @@ fn dead_letter(command: DeadLetterCommand) -> ExitCode {
 struct DeadLetterOutput {
     /// Its name in its config file.
     name: String,
-    /// Its tenant pipeline, if it is one.
-    pipeline: Option<Key>,
+    /// Whose it is.
+    owner: Owner,
     /// Its buffer name and metric label.
     label: String,
-    /// Its config.
-    config: OutputConfig,
     /// Its buffer directory.
     buffer_dir: PathBuf,
 }
 
-/// Finds `--output` among the config's [outputs], or in the `--pipeline` file (read from
-/// `[pipelines] dir` and checked against the tenant's policy); errors are printed.
+/// Whose output `dead-letter` works on.
+enum Owner {
+    /// The admin's: one of `[outputs]`, with its config.
+    Main(Box<OutputConfig>),
+    /// A tenant pipeline's. Its config is read from `file` only when it is needed (a replay
+    /// alone): listing, or replaying in the running aggregator, works while the file is gone
+    /// or invalid (the pipeline draining or stale).
+    Pipeline {
+        /// The pipeline.
+        key: Key,
+        /// Its file, `<[pipelines] dir>/<tenant>/<name>.toml`.
+        file: PathBuf,
+    },
+}
+
+/// Finds `--output` among the config's [outputs], or names it in the `--pipeline` of
+/// `[pipelines] dir`; errors are printed.
 fn resolve_output(
     config: &Config,
     target: &DeadLetterTarget,
@@ -414,9 +427,8 @@ fn resolve_output(
         };
         return Ok(DeadLetterOutput {
             name: target.output.clone(),
-            pipeline: None,
+            owner: Owner::Main(Box::new(output.clone())),
             label: target.output.clone(),
-            config: output.clone(),
             buffer_dir: output_buffer_dir(config, &target.output),
         });
     };
@@ -427,24 +439,31 @@ fn resolve_output(
         );
         return Err(ExitCode::from(EXIT_CONFIG));
     };
-    let policy = load_policy(config.pipelines.policy.as_deref())?;
-    let file = dir.join(&key.tenant).join(format!("{}.toml", key.name));
-    let pipeline = PipelineConfig::load(&file, &key.tenant, &policy.tenant(&key.tenant))
-        .map_err(|errors| report_errors(&file, &errors))?;
-    let Some(output) = pipeline.outputs.get(&target.output) else {
-        eprintln!(
-            "error: no output named {:?} in {}",
-            target.output,
-            file.display()
-        );
-        return Err(ExitCode::from(EXIT_CONFIG));
-    };
     Ok(DeadLetterOutput {
         name: target.output.clone(),
-        pipeline: Some(key.clone()),
+        owner: Owner::Pipeline {
+            key: key.clone(),
+            file: dir.join(&key.tenant).join(format!("{}.toml", key.name)),
+        },
         label: key.output_label(&target.output),
-        config: output.clone(),
         buffer_dir: key.output_dir(&pipelines_buffer_root(config), &target.output),
+    })
+}
+
+/// The config of output `name` of pipeline `key`, from its `file` checked against the
+/// tenant's policy, as the aggregator would apply it; errors are printed.
+fn pipeline_output_config(
+    config: &Config,
+    key: &Key,
+    file: &std::path::Path,
+    name: &str,
+) -> Result<OutputConfig, ExitCode> {
+    let policy = load_policy(config.pipelines.policy.as_deref())?;
+    let mut pipeline = PipelineConfig::load(file, &key.tenant, &policy.tenant(&key.tenant))
+        .map_err(|errors| report_errors(file, &errors))?;
+    pipeline.outputs.remove(name).ok_or_else(|| {
+        eprintln!("error: no output named {name:?} in {}", file.display());
+        ExitCode::from(EXIT_CONFIG)
     })
 }
 
@@ -528,13 +547,22 @@ fn dead_letter_replay(
     {
         Some(_lock) => {
             // No aggregator on this buffer, and none can start while the lock is held.
+            let output_config = match &output.owner {
+                Owner::Main(c) => (**c).clone(),
+                Owner::Pipeline { key, file } => {
+                    match pipeline_output_config(config, key, file, &output.name) {
+                        Ok(c) => c,
+                        Err(code) => return Ok(code),
+                    }
+                }
+            };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
             rt.block_on(dead_letter::replay(
                 &output.label,
-                &output.config,
+                &output_config,
                 dir,
                 opts.timeout,
                 opts.kind,
@@ -565,7 +593,7 @@ fn dead_letter_replay(
     if opts.json {
         let mut v = serde_json::to_value(&report)?;
         v["output"] = serde_json::Value::from(output.name.as_str());
-        if let Some(key) = &output.pipeline {
+        if let Owner::Pipeline { key, .. } = &output.owner {
             v["pipeline"] = serde_json::Value::from(key.to_string());
         }
         v["via"] = serde_json::Value::from(via);
@@ -656,7 +684,7 @@ fn replay_remote(
         query_escape(&output.name),
         opts.timeout.as_millis()
     );
-    if let Some(key) = &output.pipeline {
+    if let Owner::Pipeline { key, .. } = &output.owner {
         query.push_str(&format!("&pipeline={}", query_escape(&key.to_string())));
     }
     if let Some(kind) = opts.kind {

@@ -1001,14 +1001,20 @@ async fn a_version_whose_output_cannot_be_built_leaves_the_running_one_alone() {
     wait_for_records(&t.out("shop", "web"), &run, 200, Duration::from_secs(30));
 }
 
-/// `dead-letter list|replay --pipeline TENANT/NAME --output OUT` on `agg`'s config.
+/// `dead-letter list|replay --pipeline shop/web --output out` on `agg`'s config.
+fn dead_letter_cmd(agg: &Aggregator, command: &str, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(aggregator_bin());
+    cmd.args(["dead-letter", command, "--config"])
+        .arg(&agg.config_path)
+        .args(["--pipeline", "shop/web", "--output", "out"])
+        .args(extra);
+    cmd
+}
+
+/// [`dead_letter_cmd`], which must succeed.
 fn dead_letter_cli(agg: &Aggregator, command: &str, extra: &[&str]) -> std::process::Output {
     logferry_e2e::run_checked(
-        std::process::Command::new(aggregator_bin())
-            .args(["dead-letter", command, "--config"])
-            .arg(&agg.config_path)
-            .args(["--pipeline", "shop/web", "--output", "out"])
-            .args(extra),
+        &mut dead_letter_cmd(agg, command, extra),
         Duration::from_secs(60),
     )
 }
@@ -1057,6 +1063,11 @@ async fn a_pipelines_parse_dead_letters_are_listed_and_replayed_as_they_were_kep
     });
     assert!(raw_out().is_empty());
 
+    // A newer version that is invalid: the last good one keeps running (stale), and its dead
+    // letters are listed and replayed through it all the same.
+    let valid = std::fs::read_to_string(t.pipelines().join("shop/web.toml")).unwrap();
+    t.write_file_pipeline("shop", "web", "[parse]\nformat = \"yaml\"\n");
+    wait_for_state(&agg, "shop", "web", "stale");
     let list = dead_letter_cli(&agg, "list", &[]);
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(
@@ -1094,11 +1105,20 @@ async fn a_pipelines_parse_dead_letters_are_listed_and_replayed_as_they_were_kep
     .unwrap();
     assert_eq!(code, 404, "{body}");
 
-    // Stopped: the command builds the output from the pipeline file and replays alone.
+    // Stopped: the command builds the output from the pipeline file and replays alone; not
+    // from an invalid file (exit 78, nothing done).
     let name =
         logferry_common::chunk::chunk_file_name(1, logferry_common::chunk::ChunkState::Sealed);
     std::fs::write(dl_dir.join(name), &kept).unwrap();
     agg.stop(Duration::from_secs(30));
+    let refused = dead_letter_cmd(&agg, "replay", &["--timeout", "5s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("parse.format"), "{stderr}");
+    assert_eq!(logferry_e2e::chunks::chunk_files(&dl_dir).len(), 1);
+    t.write("shop", "web", &valid);
     let alone = dead_letter_cli(&agg, "replay", &["--timeout", "5s"]);
     let text = String::from_utf8_lossy(&alone.stdout);
     assert!(
