@@ -439,6 +439,13 @@ fn resolve_output(
         );
         return Err(ExitCode::from(EXIT_CONFIG));
     };
+    if !logferry_aggregator::config::is_dns_label(&target.output) {
+        eprintln!(
+            "error: {:?} is no output name of a pipeline (a DNS label)",
+            target.output
+        );
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
     Ok(DeadLetterOutput {
         name: target.output.clone(),
         owner: Owner::Pipeline {

@@ -137,3 +137,39 @@ fn validate_reports_parse_and_semantic_errors_of_every_section_in_one_run() {
 fn run_reports_parse_and_semantic_errors_of_every_section_in_one_run() {
     assert_four_errors("run");
 }
+
+#[test]
+fn dead_letter_of_a_pipeline_needs_pipelines_on_and_an_output_name_that_is_a_dns_label() {
+    let tail = "[[route]]\nmatch = \"**\"\noutputs = [\"n\"]\n[outputs.n]\ntype = \"null\"\n";
+    let args = |output| {
+        [
+            "dead-letter",
+            "list",
+            "--pipeline",
+            "shop/web",
+            "--output",
+            output,
+        ]
+    };
+    let off = with_config(&args("out"), tail);
+    assert_eq!(off.code, Some(78), "{}", off.stderr);
+    assert!(off.stderr.contains("no [pipelines] dir"), "{}", off.stderr);
+    let on = format!("[pipelines]\ndir = \"/nonexistent\"\n{tail}");
+    for bad in ["../outputs/n", "Out", ""] {
+        let ran = with_config(&args(bad), &on);
+        assert_eq!(ran.code, Some(78), "{bad}: {}", ran.stderr);
+        assert!(
+            ran.stderr.contains("no output name"),
+            "{bad}: {}",
+            ran.stderr
+        );
+    }
+    // Listing needs no pipeline file: an empty directory lists nothing.
+    let ran = with_config(&args("out"), &on);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(
+        ran.stdout.contains("0 file(s), 0 record(s)"),
+        "{}",
+        ran.stdout
+    );
+}
