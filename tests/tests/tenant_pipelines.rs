@@ -91,6 +91,20 @@ impl Tenants {
         self.write(tenant, name, &self.file_pipeline(tenant, name, extra));
     }
 
+    /// [`Tenants::config`] with `[pipelines]` key `key` set to `value` (a duration).
+    fn config_with(&self, key: &str, value: &str) -> AggregatorConfig {
+        let mut config = self.config();
+        let (start, end) = config
+            .extra_toml
+            .find(&format!("\n{key} = "))
+            .and_then(|at| Some((at + 1, at + 1 + config.extra_toml[at + 1..].find('\n')?)))
+            .expect("a [pipelines] key of the test config");
+        config
+            .extra_toml
+            .replace_range(start..end, &format!("{key} = \"{value}\""));
+        config
+    }
+
     fn config(&self) -> AggregatorConfig {
         std::fs::write(
             self.policy(),
@@ -947,12 +961,8 @@ async fn a_pipeline_invalid_at_restart_keeps_its_buffered_records_and_delivers_t
 async fn a_written_file_is_applied_at_once_without_waiting_for_the_rescan() {
     let t = Tenants::new();
     t.write("shop", "web", &t.file_pipeline("shop", "web", ""));
-    let mut config = t.config();
     // Only inotify can apply anything within this test's time.
-    config.extra_toml = config
-        .extra_toml
-        .replace("rescan_interval = \"200ms\"", "rescan_interval = \"1h\"");
-    let agg = Aggregator::start_with(config);
+    let agg = Aggregator::start_with(t.config_with("rescan_interval", "1h"));
     wait_for_state(&agg, "shop", "web", "active");
     t.write("shop", "api", &t.file_pipeline("shop", "api", ""));
     wait_for_state(&agg, "shop", "api", "active");
@@ -1009,6 +1019,31 @@ fn dead_letter_cmd(agg: &Aggregator, command: &str, extra: &[&str]) -> std::proc
         .args(["--pipeline", "shop/web", "--output", "out"])
         .args(extra);
     cmd
+}
+
+/// `dead-letter replay` of shop/web through the running `agg`'s admin listener, which must
+/// deliver the 5 dead letters there are and leave none.
+fn replay_five_in(agg: &Aggregator) {
+    let admin = agg.admin_addr.to_string();
+    let replay = dead_letter_cmd(
+        agg,
+        "replay",
+        &["--timeout", "10s", "--json", "--admin", &admin],
+    )
+    .output()
+    .unwrap();
+    let summary: Value = serde_json::from_slice(&replay.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON summary ({e}): {}",
+            String::from_utf8_lossy(&replay.stderr)
+        )
+    });
+    assert_eq!(summary["via"], "aggregator", "{summary}");
+    assert_eq!(summary["pipeline"], "shop/web", "{summary}");
+    assert_eq!(summary["delivered"], 5, "{summary}");
+    assert_eq!(summary["dead_again"], 0, "{summary}");
+    assert_eq!(summary["remaining_files"], 0, "{summary}");
+    assert!(replay.status.success(), "{summary}");
 }
 
 /// [`dead_letter_cmd`], which must succeed.
@@ -1077,18 +1112,7 @@ async fn a_pipelines_parse_dead_letters_are_listed_and_replayed_as_they_were_kep
     assert!(text.contains(&dl_dir.display().to_string()), "{text}");
 
     // Running: through the pipeline's own output worker, found by the admin listener.
-    let admin = agg.admin_addr.to_string();
-    let replay = dead_letter_cli(
-        &agg,
-        "replay",
-        &["--timeout", "5s", "--json", "--admin", &admin],
-    );
-    let summary: Value = serde_json::from_slice(&replay.stdout).expect("JSON summary");
-    assert_eq!(summary["via"], "aggregator", "{summary}");
-    assert_eq!(summary["pipeline"], "shop/web", "{summary}");
-    assert_eq!(summary["delivered"], 5, "{summary}");
-    assert_eq!(summary["dead_again"], 0, "{summary}");
-    assert_eq!(summary["remaining_files"], 0, "{summary}");
+    replay_five_in(&agg);
     let replayed = wait_until("5 replayed records", Duration::from_secs(10), || {
         let r = raw_out();
         (r.len() == 5).then_some(r)
@@ -1133,4 +1157,62 @@ async fn a_pipelines_parse_dead_letters_are_listed_and_replayed_as_they_were_kep
         10,
         "once through the aggregator, once alone"
     );
+}
+
+#[tokio::test]
+async fn a_draining_pipelines_dead_letters_are_replayed_through_its_draining_output() {
+    let t = Tenants::new();
+    t.write_file_pipeline(
+        "shop",
+        "web",
+        "[parse]\nformat = \"json\"\non_error = \"dead_letter\"\n",
+    );
+    let agg = Aggregator::start_with(t.config_with("drain_timeout", "120s"));
+    wait_for_state(&agg, "shop", "web", "active");
+    let addr = agg.forward_addr.to_string();
+    let line = |log: String| serde_json::json!({ "log": log, "stream": "stdout" });
+    let bad: Vec<Value> = (0..5).map(|i| line(format!("not json {i}"))).collect();
+    logferry_e2e::client::send_json_acked(&addr, &kube_tag("web-1", "shop", "web"), &bad, 5);
+    let dl_dir = agg.buffer_dir.join("pipelines/shop/web/out/dead-letter");
+    wait_until("a dead letter", Duration::from_secs(30), || {
+        (logferry_e2e::chunks::chunk_files(&dl_dir).len() == 1).then_some(())
+    });
+    // Records of another pod whose file (one per tag and hour) is a directory, this hour and
+    // the next: they cannot be delivered, so the output still drains when its file goes.
+    let out = t.out("shop", "web");
+    let held_tag = kube_tag("web-2", "shop", "web");
+    let now = chrono::Utc::now();
+    let held: Vec<PathBuf> = [now, now + chrono::Duration::hours(1)]
+        .iter()
+        .map(|h| out.join(format!("{held_tag}.{}.jsonl", h.format("%Y%m%d%H"))))
+        .collect();
+    for dir in &held {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let good: Vec<Value> = (0..3).map(|i| line(format!("{{\"n\":{i}}}"))).collect();
+    logferry_e2e::client::send_json_acked(&addr, &held_tag, &good, 3);
+    std::fs::remove_file(t.pipelines().join("shop/web.toml")).unwrap();
+    wait_for_state(&agg, "shop", "web", "draining");
+
+    // Found while it drains (no pipeline file to read): replayed through its output.
+    replay_five_in(&agg);
+    assert_eq!(read_output(&out).len(), 5);
+    // And the drain delivers what it held once it can.
+    for dir in &held {
+        std::fs::remove_dir(dir).unwrap();
+    }
+    wait_until("3 drained records", Duration::from_secs(30), || {
+        (read_output(&out).len() == 8).then_some(())
+    });
+    wait_until("the pipeline gone", Duration::from_secs(30), || {
+        let (code, _) = http_get(agg.admin_addr, "/pipelines/shop/web").ok()?;
+        (code == 404).then_some(())
+    });
+    // Drained and gone: nothing to replay through.
+    let (code, body) = logferry_e2e::http_post(
+        agg.admin_addr,
+        "/dead-letter/replay?pipeline=shop/web&output=out",
+    )
+    .unwrap();
+    assert_eq!(code, 404, "{body}");
 }
