@@ -34,8 +34,10 @@
 //!   assignment (the tracker's epoch) is ignored. A lost assignment stores nothing.
 //! - **Poison messages** (undecodable, or larger than a buffer frame) go to the source's dead letters
 //!   (`<buffer.path>/sources/<name>/dead-letter/`) with topic, partition and offset, and count
-//!   as done; when dead letters cannot be written, the batch is not dispatched and the consumer
-//!   stops storing that partition's offsets past it (it is consumed again after a restart).
+//!   as done; when dead letters cannot be written, the batch is not dispatched and the
+//!   partition is paused, its offset before the message, until it is assigned again.
+//! - **A batch belongs to one assignment**: messages consumed before a revoke are never
+//!   dispatched under the partition's next assignment, even when both happen within one poll.
 //! - **Shutdown**: stop polling, give batches in flight up to `drain_timeout`, store their
 //!   offsets, commit synchronously, close the consumer (leaving the group).
 
@@ -52,6 +54,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use logferry_common::event_time::EventTime;
 use logferry_common::telemetry;
+use prometheus::IntCounter;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -230,6 +233,10 @@ impl KafkaSource {
             max_in_flight: config.max_in_flight_bytes.bytes(),
             max_batch: MAX_BATCH_BYTES.min(max_frame / 2),
             stop: Arc::clone(&stop),
+            consumed: (
+                telemetry::KAFKA_CONSUMED_RECORDS.with_label_values(&[name]),
+                telemetry::KAFKA_CONSUMED_BYTES.with_label_values(&[name]),
+            ),
         };
         let thread = std::thread::Builder::new()
             .name(format!("kafka-{name}"))
@@ -523,11 +530,15 @@ struct Run {
     /// Most entry bytes in one batch.
     max_batch: usize,
     stop: Arc<AtomicBool>,
+    /// This source's series of the consumed records and bytes counters.
+    consumed: (IntCounter, IntCounter),
 }
 
 /// A batch being built: consecutive messages of one partition with one route.
 struct Building {
     tp: Tp,
+    /// The assignment its messages were consumed in.
+    epoch: Option<u64>,
     route: Route,
     first: i64,
     last: i64,
@@ -609,12 +620,8 @@ impl Run {
             payload: m.payload(),
         };
         let len = message.payload.map_or(0, <[u8]>::len) as u64;
-        telemetry::KAFKA_CONSUMED_RECORDS
-            .with_label_values(&[self.shared.name.as_str()])
-            .inc();
-        telemetry::KAFKA_CONSUMED_BYTES
-            .with_label_values(&[self.shared.name.as_str()])
-            .inc_by(len);
+        self.consumed.0.inc();
+        self.consumed.1.inc_by(len);
         let headers = m.headers();
         let header = |name: &str| {
             headers.and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
@@ -626,8 +633,10 @@ impl Run {
                 flushed = building.remove(&tp);
             }
         }
+        let epoch = self.shared.lock().tracker.epoch(&tp);
         let b = building.entry(tp.clone()).or_insert_with(|| Building {
             tp,
+            epoch,
             route,
             first: message.offset,
             last: message.offset,
@@ -654,11 +663,16 @@ impl Run {
                 // dead letters it is done like the others. If dead letters cannot take it, the
                 // batch is not dispatched (nothing past it on this partition is stored).
                 if !self.dead_letter(&message, &b.route, kind, &reason) {
+                    // Stop the partition here: its offset stays before this message, which its
+                    // next owner (or this process after a restart) consumes again.
                     let tp = b.tp.clone();
                     building.remove(&tp);
                     self.shared.lock().tracker.revoke(&tp);
+                    if let Err(e) = self.consumer.pause(&tpl_of(std::iter::once(&tp))) {
+                        tracing::warn!(error = %e, "cannot pause the partition");
+                    }
                     tracing::error!(topic = %message.topic, partition = message.partition, offset = message.offset,
-                        "dead letters cannot take an undecodable message; its partition's offsets are no longer stored until restart");
+                        "dead letters cannot take a message that cannot be stored; its partition is paused until it is assigned again");
                 }
             }
         }
@@ -709,6 +723,11 @@ impl Run {
     /// at once).
     fn dispatch(&self, b: Building) {
         let mut state = self.shared.lock();
+        // Consumed in an assignment that has ended (revoked, and maybe assigned again since,
+        // within the same poll): its next owner consumes it again.
+        if state.tracker.epoch(&b.tp) != b.epoch {
+            return;
+        }
         let Some(epoch) = state
             .tracker
             .dispatch(&b.tp, (b.first, b.last), b.bytes, b.timestamp_ms)
