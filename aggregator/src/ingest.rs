@@ -109,10 +109,11 @@ impl Pipeline {
     }
 
     /// Routes `batch` (by tag to the admin's outputs; by tenant to the tenant pipelines that
-    /// take it, `tenant` being its listener's) and builds the frame its buffers get, taking
-    /// each buffer's next turn in `lanes`. `None` when there is nothing to store: no route
-    /// and no pipeline (counted as dropped, `no_route`) or no valid record. `memory` is shrunk
-    /// to the payload; the batch (inflated entries) is dropped here, before any wait for room.
+    /// take it, `tenant` being its sender's: its user's, client entry's or listener's, or a
+    /// source's) and builds the frame its buffers get, taking each buffer's next turn in
+    /// `lanes`. `None` when there is nothing to store: no route and no pipeline (counted as
+    /// dropped, `no_route`) or no valid record. `memory` is shrunk to the payload; the batch
+    /// (inflated entries) is dropped here, before any wait for room.
     pub fn prepare(
         &self,
         batch: EventBatch,

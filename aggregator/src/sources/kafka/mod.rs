@@ -125,7 +125,10 @@ pub fn client_config(c: &KafkaSourceConfig) -> ClientConfig {
         .set("auto.offset.reset", c.start.as_str())
         .set("partition.assignment.strategy", c.assignment.as_str())
         .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // A subscribed topic that does not exist yet (its producer creates it) is found
+        // within 30 s rather than librdkafka's default 5 minutes.
+        .set("topic.metadata.refresh.interval.ms", "30000");
     if let Some(id) = &c.group_instance_id {
         cc.set("group.instance.id", id);
     }
