@@ -293,6 +293,8 @@ fn a_full_buffer_pauses_consumption_without_leaving_the_group_and_kill_9_loses_n
         "the paused member stayed in its group"
     );
     assert!(metric(&agg, "logferry_kafka_paused_partitions{source=\"k\"}") >= 1.0);
+    let (status, _) = logferry_e2e::http_get(agg.admin_addr, "/readyz").unwrap();
+    assert_eq!(status, 200, "ready while paused");
     let consumed_before = metric(&agg, "logferry_kafka_consumed_records_total{source=\"k\"}");
     assert!(consumed_before > 0.0 && consumed_before < N as f64);
     // kill -9 with batches consumed and waiting for room (not durable): their offsets were
@@ -446,4 +448,25 @@ fn validate_check_outputs_checks_that_a_source_s_topics_exist() {
         stdout.contains("source k: UNREACHABLE: no such topic on the brokers: missing.topic"),
         "{stdout}"
     );
+}
+
+/// Regression: librdkafka looks for a subscribed topic that does not exist yet only every
+/// `topic.metadata.refresh.interval.ms`, 5 minutes by default; the source sets 30 s.
+#[test]
+fn a_topic_created_after_the_source_subscribed_is_consumed_within_a_minute() {
+    let Some(broker) = Service::start(ServiceKind::Tansu) else {
+        return;
+    };
+    let run_id = unique_id("kafka-late");
+    let topic = format!("late.{}", run_id.replace('-', "_"));
+    let agg = Aggregator::start_with(consumer(&broker.addr(), &topic, &unique_id("g"), ""));
+    wait_until(
+        "the source asked for its topic",
+        Duration::from_secs(30),
+        || agg.logs().iter().any(|l| l.contains("kafka source started")).then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    kafka_create_topic(&broker.addr(), &topic, 2);
+    produce(&broker.addr(), &topic, 2, &run_id, 0..100, &[]);
+    wait_all(&[&agg.out_dir], &run_id, 100, Duration::from_secs(60));
 }

@@ -29,8 +29,8 @@
 //!   below half of it. A full `block` buffer or a retried batch holds its bytes in flight, so
 //!   it pauses consumption instead of growing memory.
 //! - **Rebalance**: before a partition is revoked, its batches in flight get up to
-//!   `drain_timeout` to become durable and their offsets are stored (librdkafka commits stored
-//!   offsets on revoke); then the partition is forgotten, and a completion of its old
+//!   `drain_timeout` to become durable, their offsets are stored and committed
+//!   (synchronously); then the partition is forgotten, and a completion of its old
 //!   assignment (the tracker's epoch) is ignored. A lost assignment stores nothing.
 //! - **Poison messages** (undecodable, or larger than a buffer frame) go to the source's dead letters
 //!   (`<buffer.path>/sources/<name>/dead-letter/`) with topic, partition and offset, and count
@@ -369,6 +369,20 @@ impl Shared {
         }
     }
 
+    /// Commits the stored offsets synchronously (on revoke and at shutdown).
+    fn commit(&self, consumer: &BaseConsumer<Context>) {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing stored since the last commit.
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                telemetry::KAFKA_OFFSET_ERRORS
+                    .with_label_values(&[self.name.as_str(), "commit", &offset_error_code(&e)])
+                    .inc();
+                tracing::warn!(source = %self.name, error = %e, "offset commit failed");
+            }
+        }
+    }
+
     /// Pauses every assigned partition above `max` bytes in flight, resumes below half.
     fn back_pressure(&self, consumer: &BaseConsumer<Context>, max: u64) {
         let mut state = self.lock();
@@ -456,8 +470,10 @@ impl ConsumerContext for Context {
                     ])
                     .inc();
                 if !lost {
-                    // Drain first, forget second: what became durable is stored.
+                    // Drain first, forget second: what became durable is stored, and committed
+                    // before the partitions go to their next owner.
                     shared.drain(consumer, &parts);
+                    shared.commit(consumer);
                 }
                 let mut state = shared.lock();
                 for tp in &parts {
@@ -553,8 +569,7 @@ struct Building {
 
 impl Run {
     fn run(self) {
-        let name = self.shared.name.clone();
-        let span = tracing::info_span!("source", source = %name);
+        let span = tracing::info_span!("source", source = %self.shared.name);
         let _enter = span.enter();
         while !self.stop.load(Ordering::Relaxed) {
             self.shared.settle(&self.consumer, Duration::ZERO);
@@ -565,15 +580,7 @@ impl Run {
         tracing::info!("stopping: draining batches in flight");
         let all: Vec<Tp> = self.shared.lock().tracker.assigned().cloned().collect();
         self.shared.drain(&self.consumer, &all);
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => {
-                telemetry::KAFKA_OFFSET_ERRORS
-                    .with_label_values(&[name.as_str(), "commit", &offset_error_code(&e)])
-                    .inc();
-                tracing::warn!(error = %e, "final offset commit failed");
-            }
-        }
+        self.shared.commit(&self.consumer);
         self.spawn.stop.cancel();
         self.shared.lock().workers.clear();
         // Dropping the consumer closes it: it leaves the group (revoking what it has, with
