@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::aggregator::listening_line;
 
 /// The overlays users apply, in `deploy/overlays/`.
-pub const OVERLAYS: [&str; 3] = ["cluster", "aggregator-only", "kafka"];
+pub const OVERLAYS: [&str; 4] = ["cluster", "aggregator-only", "kafka", "kafka-tier"];
 
 /// Kubernetes releases the rendered objects are validated against: the oldest we support
 /// (1.30: `lifecycle.preStop.sleep` is on by default from there) and the newest schema set
@@ -270,6 +270,13 @@ pub fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
 /// Every `kind/name`.
 pub fn ids(objects: &[Value]) -> Vec<String> {
     objects.iter().map(id).collect()
+}
+
+/// The aggregator StatefulSets of an overlay: the edge's `logferry-aggregator` (every overlay
+/// has it; panics otherwise) and any other instance, such as kafka-tier's processors.
+pub fn aggregator_statefulsets(objects: &[Value]) -> Vec<&Value> {
+    find(objects, "StatefulSet", "logferry-aggregator");
+    of_kind(objects, "StatefulSet")
 }
 
 /// Workloads (objects with a pod template).

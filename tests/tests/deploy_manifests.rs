@@ -418,53 +418,66 @@ fn services_policies_and_budgets_select_real_pods_and_ports() {
     }
 }
 
+/// What every logferry-aggregator StatefulSet needs (the edge's and the processors').
+fn check_aggregator_workload(overlay: &str, sts: &Value) {
+    let what = format!("{overlay}: {}", id(sts));
+    let spec = &sts["spec"];
+    assert_eq!(spec["podManagementPolicy"], "Parallel", "{what}");
+    assert_eq!(spec["updateStrategy"]["type"], "RollingUpdate", "{what}");
+    assert_eq!(
+        spec["persistentVolumeClaimRetentionPolicy"]["whenScaled"], "Retain",
+        "{what}: a scaled-down pod's buffer must be kept"
+    );
+    let claims = spec["volumeClaimTemplates"].as_array().expect("claims");
+    assert_eq!(claims.len(), 1, "{what}");
+    let pod = pod_spec(sts);
+    assert!(
+        pod["topologySpreadConstraints"].is_array()
+            || pod["affinity"]["podAntiAffinity"].is_object(),
+        "{what}: aggregators must spread over nodes"
+    );
+    let agg = container(sts, "aggregator");
+    let sc = &agg["securityContext"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{what}");
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{what}");
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{what}");
+    assert_eq!(
+        sc["capabilities"]["drop"],
+        serde_json::json!(["ALL"]),
+        "{what}"
+    );
+    assert!(
+        agg["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64() >= Some(1),
+        "{what}: the aggregator needs a preStop pause so it leaves the endpoints first"
+    );
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert!(agg[probe].is_object(), "{what}: aggregator {probe}");
+    }
+    assert_eq!(
+        agg["livenessProbe"]["httpGet"]["path"], "/healthz",
+        "{what}"
+    );
+    assert_eq!(
+        agg["readinessProbe"]["httpGet"]["path"], "/readyz",
+        "{what}"
+    );
+    for kind in ["requests", "limits"] {
+        for res in ["cpu", "memory"] {
+            assert!(
+                agg["resources"][kind][res].is_string(),
+                "{what}: aggregator {kind}.{res}"
+            );
+        }
+    }
+}
+
 #[test]
 fn workloads_meet_the_deployment_requirements() {
     let Some(t) = tools() else { return };
     for overlay in OVERLAYS {
         let objects = overlay_objects(&t, overlay);
-        let sts = find(&objects, "StatefulSet", "logferry-aggregator");
-        let spec = &sts["spec"];
-        assert_eq!(spec["podManagementPolicy"], "Parallel", "{overlay}");
-        assert_eq!(spec["updateStrategy"]["type"], "RollingUpdate", "{overlay}");
-        assert_eq!(
-            spec["persistentVolumeClaimRetentionPolicy"]["whenScaled"], "Retain",
-            "{overlay}: a scaled-down pod's buffer must be kept"
-        );
-        let claims = spec["volumeClaimTemplates"].as_array().expect("claims");
-        assert_eq!(claims.len(), 1, "{overlay}");
-        let pod = pod_spec(sts);
-        assert!(
-            pod["topologySpreadConstraints"].is_array()
-                || pod["affinity"]["podAntiAffinity"].is_object(),
-            "{overlay}: aggregators must spread over nodes"
-        );
-        let agg = container(sts, "aggregator");
-        let sc = &agg["securityContext"];
-        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{overlay}");
-        assert_eq!(sc["readOnlyRootFilesystem"], true, "{overlay}");
-        assert_eq!(sc["allowPrivilegeEscalation"], false, "{overlay}");
-        assert_eq!(
-            sc["capabilities"]["drop"],
-            serde_json::json!(["ALL"]),
-            "{overlay}"
-        );
-        assert!(
-            agg["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64() >= Some(1),
-            "{overlay}: the aggregator needs a preStop pause so it leaves the endpoints first"
-        );
-        for probe in ["livenessProbe", "readinessProbe"] {
-            assert!(agg[probe].is_object(), "{overlay}: aggregator {probe}");
-        }
-        assert_eq!(agg["livenessProbe"]["httpGet"]["path"], "/healthz");
-        assert_eq!(agg["readinessProbe"]["httpGet"]["path"], "/readyz");
-        for kind in ["requests", "limits"] {
-            for res in ["cpu", "memory"] {
-                assert!(
-                    agg["resources"][kind][res].is_string(),
-                    "{overlay}: aggregator {kind}.{res}"
-                );
-            }
+        for sts in aggregator_statefulsets(&objects) {
+            check_aggregator_workload(overlay, sts);
         }
 
         let Some(ds) = of_kind(&objects, "DaemonSet").into_iter().next() else {
@@ -672,117 +685,138 @@ fn check_daemon_config(
     );
 }
 
+/// An aggregator StatefulSet's config against its pod: mounts, env, ports, the claim.
+fn check_aggregator_config(t: &Tools, overlay: &str, objects: &[Value], sts: &Value) {
+    let agg = container(sts, "aggregator");
+    let (path, text) = workload_config(objects, sts, "aggregator");
+    let config = toml_to_json(t, &text);
+    check_daemon_config(overlay, sts, agg, &config, &path);
+    let ports = container_ports(agg);
+    // A listener is either on all addresses and a container port, or on loopback and not
+    // exposed (the processors: the config needs a listener, their input is Kafka).
+    let listen: BTreeSet<u64> = server_tables(&config)
+        .iter()
+        .filter_map(|s| {
+            let l = s["listen"].as_str().expect("server.listen");
+            if l.starts_with("127.0.0.1:") || l.starts_with("[::1]:") {
+                return None;
+            }
+            assert!(
+                l.starts_with("0.0.0.0:") || l.starts_with("[::]:"),
+                "{overlay}: Forward listener {l} must listen on all addresses (or on loopback only)"
+            );
+            Some(listen_port(l))
+        })
+        .collect();
+    let exposed: BTreeSet<u64> = ports
+        .iter()
+        .filter(|(name, _)| name.as_str() != "admin")
+        .map(|(_, p)| *p)
+        .collect();
+    assert_eq!(
+        listen, exposed,
+        "{overlay}: Forward listeners in the config vs container ports"
+    );
+    // Every TLS listener has a certificate and key; the plain one is the in-cluster port.
+    for s in server_tables(&config) {
+        if !s["tls"].is_null() {
+            assert!(s["tls"]["cert"].is_string() && s["tls"]["key"].is_string());
+        }
+    }
+    // Anyone can reach a listener behind a LoadBalancer: without a per-source limit one
+    // peer can hold every connection slot (docs/SECURITY.md recommends 16).
+    let load_balancers = of_kind(objects, "Service").into_iter().filter(|s| {
+        s["spec"]["type"] == "LoadBalancer"
+            && selects(&string_map(&s["spec"]["selector"]), &pod_labels(sts))
+    });
+    for svc in load_balancers {
+        for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
+            let port = match &p["targetPort"] {
+                Value::String(name) => ports.get(name).copied(),
+                other => other.as_u64(),
+            }
+            .unwrap_or_else(|| panic!("{overlay}: {} targets no container port", id(svc)));
+            let listener = server_tables(&config)
+                .into_iter()
+                .find(|s| s["listen"].as_str().map(listen_port) == Some(port))
+                .unwrap_or_else(|| panic!("{overlay}: no listener on port {port}"));
+            let per_source = listener["max_connections_per_source"].as_u64().unwrap_or(0);
+            let total = listener["max_connections"].as_u64().unwrap_or(1024);
+            assert!(
+                per_source > 0 && per_source < total,
+                "{overlay}: the listener on port {port} behind the LoadBalancer {} needs \
+                 max_connections_per_source (set: {per_source}, max_connections {total})",
+                id(svc)
+            );
+        }
+    }
+
+    // The buffer is on the claim, and the buffers fit it with headroom.
+    let claim = &sts["spec"]["volumeClaimTemplates"][0];
+    let claim_name = claim["metadata"]["name"].as_str().expect("claim name");
+    let claim_mount = agg["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == claim_name)
+        .and_then(|m| m["mountPath"].as_str())
+        .expect("the claim is mounted");
+    let buffer_path = config["buffer"]["path"].as_str().expect("buffer.path");
+    assert!(
+        is_under(buffer_path, claim_mount),
+        "{overlay}: buffer.path {buffer_path} is not on the claim mounted at {claim_mount}"
+    );
+    let claim_bytes = quantity_bytes(
+        claim["spec"]["resources"]["requests"]["storage"]
+            .as_str()
+            .expect("storage request"),
+    );
+    let total_limit = config_bytes(
+        config["buffer"]["total_limit_size"]
+            .as_str()
+            .unwrap_or("1GiB"),
+    );
+    let outputs = config["outputs"].as_object().expect("outputs");
+    let dead_letters = |item: &Value| {
+        if item["dead_letter"]["enabled"] == false {
+            0
+        } else {
+            config_bytes(item["dead_letter"]["max_size"].as_str().unwrap_or("1GiB"))
+        }
+    };
+    // A source's dead letters (poison messages) are on the claim too.
+    let mut needed: u64 = config["sources"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(_, source)| dead_letters(source))
+        .sum();
+    for (name, output) in outputs {
+        needed += total_limit + dead_letters(output);
+        assert!(
+            output["type"] != "file"
+                || !is_under(output["path"].as_str().unwrap_or(""), claim_mount),
+            "{overlay}: output {name} writes files onto the buffer volume"
+        );
+    }
+    assert!(
+        (needed as f64) <= 0.85 * claim_bytes as f64,
+        "{overlay}: {} outputs x (total_limit_size + dead_letter.max_size) + sources' \
+         dead_letter.max_size = {needed} bytes leave less than 15% of the {claim_bytes}-byte \
+         claim for the dedupe index",
+        outputs.len()
+    );
+}
+
 #[test]
 fn daemon_configs_agree_with_their_workloads() {
     let Some(t) = tools() else { return };
     for overlay in OVERLAYS {
         let objects = overlay_objects(&t, overlay);
 
-        // Aggregator.
-        let sts = find(&objects, "StatefulSet", "logferry-aggregator");
-        let agg = container(sts, "aggregator");
-        let (path, text) = workload_config(&objects, sts, "aggregator");
-        let config = toml_to_json(&t, &text);
-        check_daemon_config(overlay, sts, agg, &config, &path);
-        let ports = container_ports(agg);
-        let listen: BTreeSet<u64> = server_tables(&config)
-            .iter()
-            .map(|s| {
-                let l = s["listen"].as_str().expect("server.listen");
-                assert!(
-                    l.starts_with("0.0.0.0:") || l.starts_with("[::]:"),
-                    "{overlay}: Forward listener {l} must listen on all addresses"
-                );
-                listen_port(l)
-            })
-            .collect();
-        let exposed: BTreeSet<u64> = ports
-            .iter()
-            .filter(|(name, _)| name.as_str() != "admin")
-            .map(|(_, p)| *p)
-            .collect();
-        assert_eq!(
-            listen, exposed,
-            "{overlay}: Forward listeners in the config vs container ports"
-        );
-        // Every TLS listener has a certificate and key; the plain one is the in-cluster port.
-        for s in server_tables(&config) {
-            if !s["tls"].is_null() {
-                assert!(s["tls"]["cert"].is_string() && s["tls"]["key"].is_string());
-            }
+        for sts in aggregator_statefulsets(&objects) {
+            check_aggregator_config(&t, overlay, &objects, sts);
         }
-        // Anyone can reach a listener behind a LoadBalancer: without a per-source limit one
-        // peer can hold every connection slot (docs/SECURITY.md recommends 16).
-        let load_balancers = of_kind(&objects, "Service")
-            .into_iter()
-            .filter(|s| s["spec"]["type"] == "LoadBalancer");
-        for svc in load_balancers {
-            for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
-                let port = match &p["targetPort"] {
-                    Value::String(name) => ports.get(name).copied(),
-                    other => other.as_u64(),
-                }
-                .unwrap_or_else(|| panic!("{overlay}: {} targets no container port", id(svc)));
-                let listener = server_tables(&config)
-                    .into_iter()
-                    .find(|s| s["listen"].as_str().map(listen_port) == Some(port))
-                    .unwrap_or_else(|| panic!("{overlay}: no listener on port {port}"));
-                let per_source = listener["max_connections_per_source"].as_u64().unwrap_or(0);
-                let total = listener["max_connections"].as_u64().unwrap_or(1024);
-                assert!(
-                    per_source > 0 && per_source < total,
-                    "{overlay}: the listener on port {port} behind the LoadBalancer {} needs \
-                     max_connections_per_source (set: {per_source}, max_connections {total})",
-                    id(svc)
-                );
-            }
-        }
-
-        // The buffer is on the claim, and the buffers fit it with headroom.
-        let claim = &sts["spec"]["volumeClaimTemplates"][0];
-        let claim_name = claim["metadata"]["name"].as_str().expect("claim name");
-        let claim_mount = agg["volumeMounts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|m| m["name"] == claim_name)
-            .and_then(|m| m["mountPath"].as_str())
-            .expect("the claim is mounted");
-        let buffer_path = config["buffer"]["path"].as_str().expect("buffer.path");
-        assert!(
-            is_under(buffer_path, claim_mount),
-            "{overlay}: buffer.path {buffer_path} is not on the claim mounted at {claim_mount}"
-        );
-        let claim_bytes = quantity_bytes(
-            claim["spec"]["resources"]["requests"]["storage"]
-                .as_str()
-                .expect("storage request"),
-        );
-        let total_limit = config_bytes(
-            config["buffer"]["total_limit_size"]
-                .as_str()
-                .unwrap_or("1GiB"),
-        );
-        let outputs = config["outputs"].as_object().expect("outputs");
-        let mut needed = 0u64;
-        for (name, output) in outputs {
-            needed += total_limit;
-            if output["dead_letter"]["enabled"] != false {
-                needed +=
-                    config_bytes(output["dead_letter"]["max_size"].as_str().unwrap_or("1GiB"));
-            }
-            assert!(
-                output["type"] != "file"
-                    || !is_under(output["path"].as_str().unwrap_or(""), claim_mount),
-                "{overlay}: output {name} writes files onto the buffer volume"
-            );
-        }
-        assert!(
-            (needed as f64) <= 0.85 * claim_bytes as f64,
-            "{overlay}: {} outputs x (total_limit_size + dead_letter.max_size) = {needed} bytes \
-             leave less than 15% of the {claim_bytes}-byte claim for the dedupe index",
-            outputs.len()
-        );
 
         // Forwarder.
         let Some(ds) = of_kind(&objects, "DaemonSet").into_iter().next() else {
@@ -949,32 +983,47 @@ fn monitoring_renders_and_selects_the_workloads() {
 
     for overlay in OVERLAYS {
         let deployed = overlay_objects(&t, overlay);
-        // ServiceMonitor: exactly the headless aggregator Service, which has the admin port.
+        // ServiceMonitor: exactly the headless Service of each aggregator StatefulSet (one
+        // target per pod; kafka-tier has the edge's and the processors'), with the admin port.
         let sm = find(&objects, "ServiceMonitor", "logferry-aggregator");
         let sel = string_map(&sm["spec"]["selector"]["matchLabels"]);
         let services: Vec<&Value> = of_kind(&deployed, "Service")
             .into_iter()
             .filter(|s| selects(&sel, &string_map(&s["metadata"]["labels"])))
             .collect();
+        let scraped: BTreeSet<String> = services.iter().map(|s| id(s)).collect();
+        let governing: BTreeSet<String> = of_kind(&deployed, "StatefulSet")
+            .into_iter()
+            .map(|sts| {
+                format!(
+                    "Service/{}",
+                    sts["spec"]["serviceName"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
         assert_eq!(
-            services.len(),
-            1,
-            "{overlay}: ServiceMonitor selects {services:?}"
+            scraped, governing,
+            "{overlay}: the ServiceMonitor must select the StatefulSets' headless Services"
         );
         let port = sm["spec"]["endpoints"][0]["port"].as_str().expect("port");
-        assert!(
-            services[0]["spec"]["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|p| p["name"] == port),
-            "{overlay}: the scraped Service has no port {port}"
-        );
         let job_label = sm["spec"]["jobLabel"].as_str().expect("jobLabel");
-        assert_eq!(
-            services[0]["metadata"]["labels"][job_label], "logferry-aggregator",
-            "{overlay}: job must be logferry-aggregator, as the alerts expect"
-        );
+        for svc in &services {
+            assert!(
+                svc["spec"]["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["name"] == port),
+                "{overlay}: the scraped {} has no port {port}",
+                id(svc)
+            );
+            assert_eq!(
+                svc["metadata"]["labels"][job_label],
+                "logferry-aggregator",
+                "{overlay}: job of {} must be logferry-aggregator, as the alerts expect",
+                id(svc)
+            );
+        }
         // PodMonitor: the forwarder pods' admin port.
         if let Some(ds) = of_kind(&deployed, "DaemonSet").into_iter().next() {
             let pm = find(&objects, "PodMonitor", "logferry-forwarder");

@@ -97,6 +97,30 @@ fn kafka_aggregator_config_passes_validate() {
 }
 
 #[test]
+fn kafka_tier_edge_config_passes_validate() {
+    validate(
+        &aggregator_bin(),
+        "overlays/kafka-tier",
+        "StatefulSet",
+        "logferry-aggregator",
+        "aggregator",
+    );
+}
+
+/// The processors' config: a Kafka source (static membership from ${POD_NAME}) and
+/// Elasticsearch.
+#[test]
+fn kafka_tier_processor_config_passes_validate() {
+    validate(
+        &aggregator_bin(),
+        "overlays/kafka-tier",
+        "StatefulSet",
+        "logferry-aggregator-processor",
+        "aggregator",
+    );
+}
+
+#[test]
 fn aggregator_only_config_passes_validate() {
     validate(
         &aggregator_bin(),
