@@ -16,7 +16,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use logferry_e2e::deploy::*;
-use logferry_e2e::{aggregator_bin, binary, metrics, toml_path, wait_until, Load};
+use logferry_e2e::services::{kafka_create_topic, Service, ServiceKind};
+use logferry_e2e::{aggregator_bin, binary, metrics, toml_path, unique_id, wait_until, Load};
 use serde_json::Value;
 
 /// Runs `BIN validate --config` on the config `container` of `workload` runs in the rendered
@@ -240,6 +241,51 @@ const FORWARDER_ONLY: [&str; 6] = [
     "logferry_tail_partial_flushes_total",
 ];
 
+/// Metrics of Kafka sources (labels appear once a source runs): checked against a consuming
+/// aggregator, see [`alert_and_dashboard_metrics_are_exported_by_a_kafka_source`].
+const KAFKA_SOURCE_PREFIX: &str = "logferry_kafka_";
+
+/// A Kafka source exports this only once an offset store or commit failed, which no scenario
+/// against Tansu provokes deterministically (librdkafka defers a commit while the coordinator
+/// is away rather than failing it): the queries' labels are checked against its definition in
+/// common/src/telemetry.rs instead.
+const KAFKA_OFFSET_ERRORS: (&str, [&str; 3]) = (
+    "logferry_kafka_offset_errors_total",
+    ["source", "op", "code"],
+);
+
+/// [`KAFKA_OFFSET_ERRORS`] is defined with its labels, and the queries use only those.
+fn check_offset_errors_queries(q: &Queried) {
+    let (name, labels) = KAFKA_OFFSET_ERRORS;
+    let telemetry =
+        std::fs::read_to_string(logferry_e2e::workspace_root().join("common/src/telemetry.rs"))
+            .expect("common/src/telemetry.rs");
+    let at = telemetry
+        .find(&format!("\"{name}\""))
+        .unwrap_or_else(|| panic!("{name} is not defined in common/src/telemetry.rs"));
+    let definition: String = telemetry[at..].chars().take(200).collect();
+    let label_list = format!("&{labels:?}")
+        .replace(',', ", ")
+        .replace(",  ", ", ");
+    assert!(
+        definition.contains(&label_list),
+        "{name} is not defined with labels {label_list}: {definition}"
+    );
+    let known = |l: &String| labels.contains(&l.as_str()) || TARGET_LABELS.contains(&l.as_str());
+    for label in q.selectors.get(name).into_iter().flatten() {
+        assert!(known(label), "a query uses {name}{{{label}=...}}");
+    }
+    for g in q.groupings.iter().filter(|g| g.metrics == [name]) {
+        for label in &g.labels {
+            assert!(
+                known(label) || g.created.contains(label),
+                "{}: groups {name} by `{label}`",
+                g.what
+            );
+        }
+    }
+}
+
 /// What the forwarder's scrape must have: its own metrics and those of the contract the
 /// alerts apply to every job (availability, throughput, buffer).
 const FORWARDER_METRICS: [&str; 11] = [
@@ -304,16 +350,42 @@ fn assert_exported(who: &str, q: &Queried, names: &BTreeSet<String>, scrape: &st
     );
 }
 
-/// Polls `/metrics` until every `needle` appears.
-fn scrape_until(admin: std::net::SocketAddr, needles: &[&str]) -> String {
-    wait_until(
-        &format!("{needles:?} on /metrics"),
-        Duration::from_secs(60),
-        || {
-            let text = metrics(admin);
-            needles.iter().all(|n| text.contains(n)).then_some(text)
-        },
+/// An aggregator on loopback ports with its buffer at `buffer` and one output, `name`, whose
+/// `[outputs.NAME]` table is `output`, taking every record.
+fn plain_aggregator_config(buffer: &Path, name: &str, output: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[buffer]
+path = {buffer}
+flush_interval = "100ms"
+[[route]]
+match = "**"
+outputs = ["{name}"]
+[outputs.{name}]
+{output}"#,
+        buffer = toml_path(buffer),
     )
+}
+
+/// Polls `/metrics` until every `needle` appears (60s; the panic names the missing ones and
+/// shows the last scrape).
+fn scrape_until(admin: std::net::SocketAddr, needles: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = metrics(admin);
+        let missing: Vec<&&str> = needles.iter().filter(|n| !text.contains(**n)).collect();
+        if missing.is_empty() {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing:?} not on /metrics after 60s; the last scrape:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// An aggregator whose every metric family has samples: a healthy file output, a failing one
@@ -331,6 +403,7 @@ fn alert_and_dashboard_metrics_are_exported_by_the_aggregator() {
         .keys()
         .filter(|n| !PROMETHEUS_SERIES.contains(&n.as_str()))
         .filter(|n| !FORWARDER_ONLY.contains(&n.as_str()))
+        .filter(|n| !n.starts_with(KAFKA_SOURCE_PREFIX))
         .cloned()
         .collect();
     assert!(names.len() >= 15, "{names:?}");
@@ -408,6 +481,15 @@ rescan_interval = "200ms"
         &[],
         &["forward", "admin"],
     );
+    // The pipelines are applied after the listeners open: records sent before would pass them by.
+    wait_until("both pipelines applied", Duration::from_secs(30), || {
+        let applied = agg
+            .logs()
+            .iter()
+            .filter(|l| l.contains("\"pipeline applied\""))
+            .count();
+        (applied >= 2).then_some(())
+    });
     let target = agg.listeners["forward"].to_string();
     let out = Load::forward(&target).records(300).batch(50).ack().run();
     assert!(out.status.success(), "loadtest failed");
@@ -439,6 +521,134 @@ rescan_interval = "200ms"
     assert_exported("aggregator", &q, &names, &scrape);
 }
 
+/// A processor of the kafka-tier overlay in small: an edge aggregator writes Forward entries to
+/// a Tansu topic of 2 partitions (its `kafka` output, `format = "forward"`), and processor A
+/// consumes them into a buffer that cannot deliver (its file output's directory is a regular
+/// file; `block`, 256 KiB): store retries after `block_timeout`, partitions paused above
+/// `max_in_flight_bytes`, lag. Processor B joins the group: A's revoked partition cannot drain
+/// within `drain_timeout`. A then exports every `logferry_kafka_*` metric the alerts and the
+/// dashboard query, except [`KAFKA_OFFSET_ERRORS`], checked against its definition.
+#[test]
+fn alert_and_dashboard_metrics_are_exported_by_a_kafka_source() {
+    let Some(t) = tools() else { return };
+    let q = queried(&t);
+    let names: BTreeSet<String> = q
+        .selectors
+        .keys()
+        .filter(|n| n.starts_with(KAFKA_SOURCE_PREFIX))
+        .filter(|n| n.as_str() != KAFKA_OFFSET_ERRORS.0)
+        .cloned()
+        .collect();
+    assert!(names.len() >= 8, "{names:?}");
+    check_offset_errors_queries(&q);
+    let Some(broker) = Service::start(ServiceKind::Tansu) else {
+        return;
+    };
+    let run_id = unique_id("deploy-kafka");
+    let topic = format!("deploy.{}", run_id.replace('-', "_"));
+    kafka_create_topic(&broker.addr(), &topic, 2);
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let edge_config = plain_aggregator_config(
+        &dir.path().join("edge"),
+        "kafka",
+        &format!(
+            "type = \"kafka\"\nbrokers = \"{}\"\ntopic = \"{topic}\"\nformat = \"forward\"\n\
+             # Both partitions get records (and so batches in flight at processor A).\n\
+             key = \"seq\"\n",
+            broker.addr()
+        ),
+    );
+    let (_e, edge_path) = temp_file("edge.toml", &edge_config);
+    let edge = Daemon::start(
+        &aggregator_bin(),
+        &edge_path,
+        dir.path(),
+        &[],
+        &["forward", "admin"],
+    );
+    let out = Load::forward(&edge.listeners["forward"].to_string())
+        .run_id(&run_id)
+        .records(6000)
+        .batch(100)
+        .ack()
+        .run();
+    assert!(out.status.success(), "loadtest failed");
+
+    let blocker = dir.path().join("not-a-directory");
+    std::fs::write(&blocker, b"a regular file").expect("writing");
+    let processor = |name: &str, instance: &str| {
+        let config = format!(
+            r#"shutdown_timeout = "5s"
+[server]
+listen = "127.0.0.1:0"
+max_request_bytes = "64KiB"
+max_decompressed_bytes = "128KiB"
+[admin]
+listen = "127.0.0.1:0"
+[buffer]
+path = {buffer}
+chunk_limit_size = "64KiB"
+total_limit_size = "256KiB"
+overflow_action = "block"
+block_timeout = "1s"
+flush_interval = "100ms"
+[[route]]
+match = "**"
+outputs = ["blocked"]
+[outputs.blocked]
+type = "file"
+path = {blocked}
+retry = {{ initial = "100ms", max_interval = "200ms" }}
+[sources.k]
+type = "kafka"
+brokers = "{brokers}"
+topics = ["{topic}"]
+group_id = "{run_id}"
+group_instance_id = "{instance}"
+max_in_flight_bytes = "64KiB"
+drain_timeout = "500ms"
+commit_interval = "200ms"
+librdkafka = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500", "max.poll.interval.ms" = "7000" }}
+"#,
+            buffer = toml_path(&dir.path().join(name)),
+            blocked = toml_path(&blocker.join("out")),
+            brokers = broker.addr(),
+        );
+        let (cdir, path) = temp_file(&format!("{name}.toml"), &config);
+        let daemon = Daemon::start(&aggregator_bin(), &path, dir.path(), &[], &["admin"]);
+        (cdir, daemon)
+    };
+    let (_a, a) = processor("a", "processor-0");
+    scrape_until(
+        a.admin(),
+        &[
+            "logferry_kafka_rebalances_total{kind=\"assign\",source=\"k\"}",
+            "logferry_kafka_paused_partitions{source=\"k\"} 2",
+            "logferry_kafka_store_retries_total{",
+            "logferry_kafka_consumer_lag{",
+            "logferry_kafka_lag_seconds{",
+            "logferry_kafka_consumed_bytes_total{",
+        ],
+    );
+    let (_b, _b_daemon) = processor("b", "processor-1");
+    let scrape = scrape_until(
+        a.admin(),
+        &[
+            "logferry_kafka_rebalances_total{kind=\"revoke\",source=\"k\"}",
+            "logferry_kafka_drain_timeouts_total{source=\"k\"}",
+        ],
+    );
+    assert!(
+        logferry_e2e::metric_value(
+            &scrape,
+            "logferry_kafka_consumed_records_total{source=\"k\"}"
+        ) >= Some(1.0),
+        "processor A consumed nothing"
+    );
+    assert_exported("Kafka source", &q, &names, &scrape);
+}
+
 /// A forwarder tailing a docker json-file log and shipping it to an aggregator exports the
 /// metrics the forwarder's alerts and dashboard row query.
 #[test]
@@ -462,22 +672,8 @@ fn alert_and_dashboard_metrics_are_exported_by_the_forwarder() {
         .collect();
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let agg_config = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[buffer]
-path = {buffer}
-flush_interval = "100ms"
-[[route]]
-match = "**"
-outputs = ["out"]
-[outputs.out]
-type = "null"
-"#,
-        buffer = toml_path(&dir.path().join("agg-buffer")),
-    );
+    let agg_config =
+        plain_aggregator_config(&dir.path().join("agg-buffer"), "out", "type = \"null\"\n");
     let (_a, agg_path) = temp_file("aggregator.toml", &agg_config);
     let agg = Daemon::start(
         &aggregator_bin(),
