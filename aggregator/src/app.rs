@@ -8,8 +8,8 @@
 //! ## Shutdown (SIGTERM, SIGINT)
 //! ```text
 //! readyz 503 -> a running dead-letter replay stops (its file stays), new ones are refused
-//!            -> stop accepting; connections stop reading, ack what they stored, close
-//!            -> sources stop taking data, drain, commit what is durable (Kafka offsets)
+//!            -> stop accepting; sources stop taking data, drain, commit what is durable
+//!               (Kafka offsets); connections stop reading, ack what they stored, close
 //!            -> buffers seal their open chunks (fsync) and close
 //!            -> outputs deliver what is left until shutdown_timeout (from the signal)
 //!            -> whatever is undelivered stays on disk for the next start
@@ -246,6 +246,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     status.lifecycle.set(Phase::Draining);
     replay_stop.cancel();
     stop_accepting.cancel();
+    // Sources stop consuming and drain first, while the memory budget still grants what the
+    // batches they have in flight need (at most their drain_timeout).
+    if tokio::time::timeout_at(deadline, sources.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sources did not finish before the shutdown deadline");
+    }
     // Inputs waiting for memory to decode a request stop waiting: nothing new is taken.
     pipeline.memory.close();
     if tokio::time::timeout_at(deadline, server_task)
@@ -253,12 +261,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         .is_err()
     {
         tracing::warn!("connections did not finish before the shutdown deadline");
-    }
-    if tokio::time::timeout_at(deadline, sources.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("sources did not finish before the shutdown deadline");
     }
     rescan_stop.cancel();
     let tenants_drained = async {

@@ -261,10 +261,10 @@ impl KafkaSource {
         self.stop.store(true, Ordering::Relaxed);
         let name = self.name;
         let thread = self.thread;
-        if tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .is_err()
-        {
+        if !matches!(
+            tokio::task::spawn_blocking(move || thread.join()).await,
+            Ok(Ok(()))
+        ) {
             tracing::error!(source = %name, "kafka source thread panicked");
         }
     }
