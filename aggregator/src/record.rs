@@ -180,6 +180,13 @@ pub fn field<'a>(record: &'a [u8], path: &[impl AsRef<str>]) -> Option<&'a [u8]>
 pub fn map_get<'a>(map: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     let mut cur = map;
     let n = msgpack::read_map_len(&mut cur).ok()?;
+    pairs_get(n, cur, key)
+}
+
+/// The raw value of `key` among the `n` key/value pairs `pairs` (a map's bytes after its
+/// length).
+pub fn pairs_get<'a>(n: u32, pairs: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut cur = pairs;
     for _ in 0..n {
         let k = msgpack::skip_value(&mut cur, DEFAULT_MAX_DEPTH).ok()?;
         let v = msgpack::skip_value(&mut cur, DEFAULT_MAX_DEPTH).ok()?;

@@ -239,7 +239,7 @@ fn a_full_buffer_pauses_consumption_without_leaving_the_group_and_kill_9_loses_n
     let Some(broker) = Service::start(ServiceKind::Tansu) else {
         return;
     };
-    const N: u64 = 6000;
+    const N: u64 = 20_000;
     let run_id = unique_id("kafka-pause");
     let topic = format!("pause.{}", run_id.replace('-', "_"));
     kafka_create_topic(&broker.addr(), &topic, 3);
@@ -293,8 +293,13 @@ fn a_full_buffer_pauses_consumption_without_leaving_the_group_and_kill_9_loses_n
         "the paused member stayed in its group"
     );
     assert!(metric(&agg, "logferry_kafka_paused_partitions{source=\"k\"}") >= 1.0);
+    // What was consumed before the pause is bounded by max_in_flight_bytes (64 KiB, about
+    // 1,100 of these messages) and librdkafka's prefetch, far below N.
     let consumed_before = metric(&agg, "logferry_kafka_consumed_records_total{source=\"k\"}");
-    assert!(consumed_before > 0.0 && consumed_before < N as f64);
+    assert!(
+        consumed_before > 0.0 && consumed_before < N as f64 / 2.0,
+        "{consumed_before} consumed before the pause held"
+    );
     // kill -9 with batches consumed and waiting for room (not durable): their offsets were
     // never stored, so they are consumed again.
     agg.sigkill();

@@ -25,12 +25,12 @@
 //! coordinates, and its offset counts as done.
 
 use logferry_common::event_time::EventTime;
-use logferry_common::forward::{encode_entry, Entries};
+use logferry_common::forward::Entries;
 use logferry_common::json_merge;
 use logferry_common::msgpack::{self, DEFAULT_MAX_DEPTH};
 
 use crate::config::{KafkaSourceConfig, KafkaSourceFormat};
-use crate::record::has_key;
+use crate::record::pairs_get;
 
 /// The parts of a Kafka message decoding reads.
 #[derive(Debug, Clone, Copy)]
@@ -87,30 +87,71 @@ impl Decoder {
 
     /// The tag and tenant of a message, from its headers (`header` looks one up by name).
     pub fn route<'h>(&self, m: &Message<'_>, header: impl Fn(&str) -> Option<&'h [u8]>) -> Route {
-        let from_header = (self.format == KafkaSourceFormat::Forward
-            && !self.tag_header.is_empty())
-        .then(|| header(&self.tag_header))
-        .flatten()
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .filter(|t| !t.is_empty());
-        let tag = match from_header {
-            Some(t) => t.to_owned(),
-            None => self.tag.replace("${topic}", m.topic),
+        Route {
+            tag: match self.header_tag(&header) {
+                Some(t) => t.to_owned(),
+                None => self.tag.replace("${topic}", m.topic),
+            },
+            tenant: match &self.tenant {
+                Some(t) => Some(t.clone()),
+                None => self.header_tenant(&header).map(str::to_owned),
+            },
+        }
+    }
+
+    /// Whether a message's route is `route` ([`Decoder::route`] without allocating).
+    pub fn has_route<'h>(
+        &self,
+        m: &Message<'_>,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+        route: &Route,
+    ) -> bool {
+        let tag = match self.header_tag(&header) {
+            Some(t) => t == route.tag,
+            None => self.template_renders_to(m.topic, &route.tag),
         };
-        let tenant = match (&self.tenant, &self.tenant_header) {
-            (Some(t), _) => Some(t.clone()),
-            (None, Some(h)) => header(h)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned),
-            (None, None) => None,
-        };
-        Route { tag, tenant }
+        tag && (self.tenant.is_some() || self.header_tenant(&header) == route.tenant.as_deref())
+    }
+
+    /// The tag from the `tag_header` header (`forward` format), when present and text.
+    fn header_tag<'h>(&self, header: &impl Fn(&str) -> Option<&'h [u8]>) -> Option<&'h str> {
+        if self.format != KafkaSourceFormat::Forward || self.tag_header.is_empty() {
+            return None;
+        }
+        header_text(header(&self.tag_header))
+    }
+
+    /// The tenant from the `tenant_header` header, when configured, present and text.
+    fn header_tenant<'h>(&self, header: &impl Fn(&str) -> Option<&'h [u8]>) -> Option<&'h str> {
+        header_text(header(self.tenant_header.as_deref()?))
+    }
+
+    /// Whether the `tag` template with `${topic}` = `topic` is `tag`.
+    fn template_renders_to(&self, topic: &str, tag: &str) -> bool {
+        let mut rest = tag;
+        for (i, piece) in self.tag.split("${topic}").enumerate() {
+            if i > 0 {
+                let Some(r) = rest.strip_prefix(topic) else {
+                    return false;
+                };
+                rest = r;
+            }
+            let Some(r) = rest.strip_prefix(piece) else {
+                return false;
+            };
+            rest = r;
+        }
+        rest.is_empty()
     }
 
     /// Appends the message's canonical entry (`[EventTime, record]`) to `out`; `out` is
-    /// unchanged on error.
-    pub fn decode(&self, m: &Message<'_>, out: &mut Vec<u8>) -> Result<(), Undecodable> {
+    /// unchanged on error. `scratch` is working space (its content is not kept).
+    pub fn decode(
+        &self,
+        m: &Message<'_>,
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), Undecodable> {
         let Some(value) = m.payload else {
             return Err(Undecodable("the message has no value (a tombstone)".into()));
         };
@@ -121,47 +162,61 @@ impl Decoder {
                     EventTime::from_unix_nanos((ms as u64).saturating_mul(1_000_000))
                 })
         };
-        let mut record = Vec::with_capacity(value.len() + 16);
-        let time = match self.format {
+        // The record as (map length, the pairs' bytes): checked before anything is written.
+        let (time, pairs, body): (EventTime, u32, &[u8]) = match self.format {
             KafkaSourceFormat::Forward => {
                 let (time, map) = forward_value(value)?;
-                record.extend_from_slice(map);
-                time.filter(|t| t.secs != 0).unwrap_or_else(fallback)
-            }
-            KafkaSourceFormat::Json => {
-                let mut pairs = Vec::with_capacity(value.len());
-                let n = json_merge::merge_object(value, |_| false, &mut pairs)
-                    .ok_or_else(|| Undecodable("the value is not a JSON object".into()))?;
-                msgpack::write_map_len(&mut record, n);
-                record.extend_from_slice(&pairs);
-                fallback()
-            }
-            KafkaSourceFormat::Raw => {
-                msgpack::write_map_len(&mut record, 1);
-                msgpack::write_str(&mut record, "log");
-                match std::str::from_utf8(value) {
-                    Ok(s) => msgpack::write_str(&mut record, s),
-                    Err(_) => msgpack::write_bin(&mut record, value),
-                }
-                fallback()
-            }
-        };
-        match self.id_key.as_deref().filter(|k| !has_key(&record, k)) {
-            Some(key) => {
-                let mut body: &[u8] = &record;
+                let mut body = map;
                 let n = msgpack::read_map_len(&mut body)
                     .map_err(|e| Undecodable(format!("record: {e}")))?;
-                let mut with_id = Vec::with_capacity(record.len() + key.len() + 40);
-                msgpack::write_map_len(&mut with_id, n + 1);
-                msgpack::write_str(&mut with_id, key);
-                msgpack::write_str(&mut with_id, &record_id(m.topic, m.partition, m.offset, 0));
-                with_id.extend_from_slice(body);
-                encode_entry(time, &with_id, out);
+                (
+                    time.filter(|t| t.secs != 0).unwrap_or_else(fallback),
+                    n,
+                    body,
+                )
             }
-            None => encode_entry(time, &record, out),
+            KafkaSourceFormat::Json => {
+                scratch.clear();
+                let n = json_merge::merge_object(value, |_| false, scratch)
+                    .ok_or_else(|| Undecodable("the value is not a JSON object".into()))?;
+                (fallback(), n, &scratch[..])
+            }
+            KafkaSourceFormat::Raw => {
+                scratch.clear();
+                msgpack::write_str(scratch, "log");
+                match std::str::from_utf8(value) {
+                    Ok(s) => msgpack::write_str(scratch, s),
+                    Err(_) => msgpack::write_bin(scratch, value),
+                }
+                (fallback(), 1, &scratch[..])
+            }
+        };
+        // The id goes first, unless the record has the key already.
+        let id_key = self
+            .id_key
+            .as_deref()
+            .filter(|k| pairs_get(pairs, body, k.as_bytes()).is_none());
+        out.reserve(1 + EventTime::ENCODED_LEN + 5 + body.len() + 64);
+        out.push(0x92);
+        time.write_to(out);
+        match id_key {
+            Some(key) => {
+                msgpack::write_map_len(out, pairs + 1);
+                msgpack::write_str(out, key);
+                msgpack::write_str(out, &record_id(m.topic, m.partition, m.offset, 0));
+            }
+            None => msgpack::write_map_len(out, pairs),
         }
+        out.extend_from_slice(body);
         Ok(())
     }
+}
+
+/// A header's value as text, when it is present, UTF-8 and not empty.
+fn header_text(value: Option<&[u8]>) -> Option<&str> {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|t| !t.is_empty())
 }
 
 /// A `forward` value: an entry's time (when it is an entry) and its record map.
@@ -209,7 +264,7 @@ pub fn record_id(topic: &str, partition: i32, offset: i64, index: u32) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use logferry_common::forward::Entry;
+    use logferry_common::forward::{encode_entry, Entry};
 
     fn config(format: &str, extra: &str) -> KafkaSourceConfig {
         let text = format!(
@@ -259,12 +314,14 @@ mod tests {
         let mut entry = Vec::new();
         encode_entry(time, &record, &mut entry);
         let mut out = Vec::new();
-        d.decode(&message(&entry), &mut out).unwrap();
+        d.decode(&message(&entry), &mut out, &mut Vec::new())
+            .unwrap();
         let e = one(&out);
         assert_eq!((e.time, e.record), (time, &record[..]));
 
         let mut out = Vec::new();
-        d.decode(&message(&record), &mut out).unwrap();
+        d.decode(&message(&record), &mut out, &mut Vec::new())
+            .unwrap();
         let e = one(&out);
         assert_eq!(e.time.unix_nanos(), 1_700_000_000_123_000_000);
         assert_eq!(e.record, &record[..]);
@@ -274,13 +331,17 @@ mod tests {
     fn json_and_raw_values_become_records() {
         let d = Decoder::new(&config("json", ""));
         let mut out = Vec::new();
-        d.decode(&message(br#"{"a":1,"b":"x"}"#), &mut out).unwrap();
+        d.decode(&message(br#"{"a":1,"b":"x"}"#), &mut out, &mut Vec::new())
+            .unwrap();
         assert_eq!(json(one(&out).record), r#"{"a":1,"b":"x"}"#);
-        assert!(d.decode(&message(b"[1,2]"), &mut out).is_err());
+        assert!(d
+            .decode(&message(b"[1,2]"), &mut out, &mut Vec::new())
+            .is_err());
 
         let d = Decoder::new(&config("raw", ""));
         let mut out = Vec::new();
-        d.decode(&message(b"plain line"), &mut out).unwrap();
+        d.decode(&message(b"plain line"), &mut out, &mut Vec::new())
+            .unwrap();
         assert_eq!(json(one(&out).record), r#"{"log":"plain line"}"#);
     }
 
@@ -302,13 +363,16 @@ mod tests {
             &trailing,
             &two,
         ] {
-            assert!(d.decode(&message(bad), &mut out).is_err(), "{bad:?}");
+            assert!(
+                d.decode(&message(bad), &mut out, &mut Vec::new()).is_err(),
+                "{bad:?}"
+            );
         }
         let tombstone = Message {
             payload: None,
             ..message(b"")
         };
-        assert!(d.decode(&tombstone, &mut out).is_err());
+        assert!(d.decode(&tombstone, &mut out, &mut Vec::new()).is_err());
         assert_eq!(out, b"kept");
     }
 
@@ -317,8 +381,10 @@ mod tests {
         let d = Decoder::new(&config("forward", "id_key = \"_id\""));
         let record = map(&[("log", "hi")]);
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        d.decode(&message(&record), &mut a).unwrap();
-        d.decode(&message(&record), &mut b).unwrap();
+        d.decode(&message(&record), &mut a, &mut Vec::new())
+            .unwrap();
+        d.decode(&message(&record), &mut b, &mut Vec::new())
+            .unwrap();
         assert_eq!(a, b);
         let id = record_id("logs", 2, 41, 0);
         assert_eq!(id.len(), 32);
@@ -329,7 +395,7 @@ mod tests {
         );
         let own = map(&[("_id", "mine")]);
         let mut out = Vec::new();
-        d.decode(&message(&own), &mut out).unwrap();
+        d.decode(&message(&own), &mut out, &mut Vec::new()).unwrap();
         assert_eq!(json(one(&out).record), r#"{"_id":"mine"}"#);
     }
 
@@ -356,5 +422,33 @@ mod tests {
         let route = d.route(&message(b""), headers);
         assert_eq!(route.tag, "k.logs.x", "json messages take no tag header");
         assert_eq!(route.tenant.as_deref(), Some("ops"));
+    }
+
+    #[test]
+    fn has_route_says_whether_a_message_has_a_route_without_building_it() {
+        let with = |tag: &'static [u8], tenant: &'static [u8]| {
+            move |name: &str| match name {
+                "logferry-tag" => Some(tag),
+                "logferry-tenant" => Some(tenant),
+                _ => None,
+            }
+        };
+        let none = |_: &str| -> Option<&'static [u8]> { None };
+        let d = Decoder::new(&config(
+            "forward",
+            "tenant_header = \"logferry-tenant\"\ntag = \"${topic}.k.${topic}\"",
+        ));
+        let m = message(b"");
+        let a = d.route(&m, with(b"kube.a", b"shop"));
+        assert!(d.has_route(&m, with(b"kube.a", b"shop"), &a));
+        assert!(!d.has_route(&m, with(b"kube.b", b"shop"), &a));
+        assert!(!d.has_route(&m, with(b"kube.a", b"ops"), &a));
+        assert!(!d.has_route(&m, none, &a));
+        let b = d.route(&m, none);
+        assert_eq!(b.tag, "logs.k.logs");
+        assert!(d.has_route(&m, none, &b));
+        let other = Message { topic: "log", ..m };
+        assert!(!d.has_route(&other, none, &b));
+        assert!(d.has_route(&other, none, &d.route(&other, none)));
     }
 }

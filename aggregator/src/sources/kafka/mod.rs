@@ -75,7 +75,8 @@ use crate::record::{Origin, Rec};
 
 /// Longest wait in one poll: how soon a stop, a completion or a resume is seen.
 const POLL: Duration = Duration::from_millis(100);
-/// Most messages taken from librdkafka between two dispatches.
+/// Most messages taken from librdkafka between two dispatches (and at most a quarter of
+/// `max_in_flight_bytes`).
 const MAX_POLL_MESSAGES: usize = 4096;
 /// Most entry bytes in one batch (one buffer append), unless the buffers take less.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -240,6 +241,7 @@ impl KafkaSource {
                 telemetry::KAFKA_CONSUMED_RECORDS.with_label_values(&[name]),
                 telemetry::KAFKA_CONSUMED_BYTES.with_label_values(&[name]),
             ),
+            scratch: std::cell::RefCell::new(Vec::new()),
         };
         let thread = std::thread::Builder::new()
             .name(format!("kafka-{name}"))
@@ -551,6 +553,8 @@ struct Run {
     stop: Arc<AtomicBool>,
     /// This source's series of the consumed records and bytes counters.
     consumed: (IntCounter, IntCounter),
+    /// Working space of the decoder.
+    scratch: std::cell::RefCell<Vec<u8>>,
 }
 
 /// A batch being built: consecutive messages of one partition with one route.
@@ -592,9 +596,17 @@ impl Run {
     /// Polls up to [`MAX_POLL_MESSAGES`] messages (waiting at most [`POLL`] for the first) and
     /// dispatches them as batches.
     fn poll_and_dispatch(&self) {
-        let mut building: HashMap<Tp, Building> = HashMap::new();
+        // One batch per partition (a consumer has few): found by a scan, not a hash of an
+        // owned key, so a message costs no allocation unless it starts a batch.
+        let mut building: Vec<Building> = Vec::new();
         let mut timeout = POLL;
+        // A cycle takes at most a quarter of max_in_flight_bytes, so the pause between cycles
+        // bounds what is in flight.
+        let mut taken = 0u64;
         for _ in 0..MAX_POLL_MESSAGES {
+            if taken >= self.max_in_flight / 4 {
+                break;
+            }
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Err(e)) => {
@@ -602,6 +614,7 @@ impl Run {
                     break;
                 }
                 Some(Ok(m)) => {
+                    taken += m.payload_len() as u64;
                     if let Some(full) = self.add(&mut building, &m) {
                         self.dispatch(full);
                     }
@@ -609,19 +622,14 @@ impl Run {
             }
             timeout = Duration::ZERO;
         }
-        for (_, b) in building {
+        for b in building {
             self.dispatch(b);
         }
     }
 
     /// Adds a message to its partition's batch; returns a batch to dispatch first when the
     /// message does not fit in it (another route, or full).
-    fn add(
-        &self,
-        building: &mut HashMap<Tp, Building>,
-        m: &BorrowedMessage<'_>,
-    ) -> Option<Building> {
-        let tp: Tp = (m.topic().to_owned(), m.partition());
+    fn add(&self, building: &mut Vec<Building>, m: &BorrowedMessage<'_>) -> Option<Building> {
         let message = Message {
             topic: m.topic(),
             partition: m.partition(),
@@ -636,25 +644,39 @@ impl Run {
         let header = |name: &str| {
             headers.and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
         };
-        let route = self.decoder.route(&message, header);
         let mut flushed = None;
-        if let Some(b) = building.get(&tp) {
-            if b.route != route || b.entries.len() + len as usize + 64 > self.max_batch {
-                flushed = building.remove(&tp);
+        let mut at = building
+            .iter()
+            .position(|b| b.tp.1 == message.partition && b.tp.0 == message.topic);
+        if let Some(i) = at {
+            let b = &building[i];
+            if !self.decoder.has_route(&message, header, &b.route)
+                || b.entries.len() + len as usize + 64 > self.max_batch
+            {
+                flushed = Some(building.swap_remove(i));
+                at = None;
             }
         }
-        let epoch = self.shared.lock().tracker.epoch(&tp);
-        let b = building.entry(tp.clone()).or_insert_with(|| Building {
-            tp,
-            epoch,
-            route,
-            first: message.offset,
-            last: message.offset,
-            timestamp_ms: message.timestamp_ms,
-            entries: Vec::new(),
-            records: 0,
-            bytes: 0,
-        });
+        let i = match at {
+            Some(i) => i,
+            None => {
+                let tp: Tp = (message.topic.to_owned(), message.partition);
+                let epoch = self.shared.lock().tracker.epoch(&tp);
+                building.push(Building {
+                    tp,
+                    epoch,
+                    route: self.decoder.route(&message, header),
+                    first: message.offset,
+                    last: message.offset,
+                    timestamp_ms: message.timestamp_ms,
+                    entries: Vec::new(),
+                    records: 0,
+                    bytes: 0,
+                });
+                building.len() - 1
+            }
+        };
+        let b = &mut building[i];
         b.last = message.offset;
         b.bytes += len;
         let decoded = if len as usize + 64 > self.max_batch {
@@ -663,7 +685,7 @@ impl Run {
             )))
         } else {
             self.decoder
-                .decode(&message, &mut b.entries)
+                .decode(&message, &mut b.entries, &mut self.scratch.borrow_mut())
                 .map_err(|e| (FailureKind::Undecodable, e.0))
         };
         match decoded {
@@ -675,8 +697,7 @@ impl Run {
                 if !self.dead_letter(&message, &b.route, kind, &reason) {
                     // Stop the partition here: its offset stays before this message, which its
                     // next owner (or this process after a restart) consumes again.
-                    let tp = b.tp.clone();
-                    building.remove(&tp);
+                    let tp = building.swap_remove(i).tp;
                     self.shared.lock().tracker.revoke(&tp);
                     if let Err(e) = self.consumer.pause(&tpl_of(std::iter::once(&tp))) {
                         tracing::warn!(error = %e, "cannot pause the partition");
@@ -689,8 +710,8 @@ impl Run {
         flushed
     }
 
-    /// Writes a message that cannot be stored (undecodable, too large) to dead letters; whether it is there (or dropped by
-    /// `when_full = "drop"`, counted).
+    /// Writes a message that cannot be stored (undecodable, too large) to dead letters;
+    /// whether it is there (or dropped by `when_full = "drop"`, counted).
     fn dead_letter(&self, m: &Message<'_>, route: &Route, kind: FailureKind, reason: &str) -> bool {
         use logferry_common::msgpack::{write_bin, write_map_len, write_str, write_uint};
         let mut record = Vec::new();
