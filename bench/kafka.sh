@@ -23,14 +23,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${2:-$ROOT/target/release}"
 N="${3:-1000000}"
 WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 trap cleanup EXIT
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 now() { date +%s.%N; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -40,23 +36,6 @@ BROKER="127.0.0.1:$PORT"
   --advertised-listener-url "tcp://$BROKER" --storage-engine memory://bench/) >"$WORK/broker.log" 2>&1 &
 PIDS+=($!)
 sleep 2
-
-# start NAME CONFIG: runs an aggregator; sets PID, FORWARD, ADMIN.
-start() {
-  local log="$WORK/$1.log"
-  "$BIN/logferry-aggregator" run --config "$2" --log-format json >"$log" 2>&1 &
-  PID=$!
-  PIDS+=("$PID")
-  for _ in $(seq 1 600); do
-    FORWARD=$(grep -o '"listener":"forward"[^}]*"addr":"[^"]*"' "$log" | grep -o '[0-9.]*:[0-9]*' | tail -1 || true)
-    ADMIN=$(grep -o '"listener":"admin","addr":"[^"]*"' "$log" | grep -o '[0-9.]*:[0-9]*' | tail -1 || true)
-    [ -n "$FORWARD" ] && [ -n "$ADMIN" ] && return 0
-    sleep 0.1
-  done
-  echo "aggregator $1 did not start" >&2
-  cat "$log" >&2
-  exit 1
-}
 
 metric() {
   curl -s "http://$1/metrics" | awk -v m="$2" 'index($1, m) == 1 { s += $2 } END { printf "%d\n", s }'
@@ -105,6 +84,7 @@ printf '| setup | records | records/s | CPU s per 1M records (consuming aggregat
 # Fill the topic once.
 config edge "$(edge_output bench)" >"$WORK/edge.toml"
 start edge "$WORK/edge.toml"
+EDGE_PID=$PID
 EDGE_FORWARD=$FORWARD
 EDGE_ADMIN=$ADMIN
 load "$EDGE_FORWARD" fill
@@ -123,8 +103,7 @@ path = \"$WORK/consume-$out/out\""; fi
   after=$(cpu_ticks "$PID")
   printf '| consume -> %s | %d | %.0f | %.2f | |\n' "$out" "$N" \
     "$(echo "$N / ($t1 - $t0)" | bc -l)" "$(echo "($after - $before) / $hz * 1000000 / $N" | bc -l)"
-  kill -TERM "$PID"
-  wait "$PID" 2>/dev/null || true
+  stop
 done
 
 # Direct: Forward -> aggregator -> file.
@@ -141,11 +120,10 @@ after=$(cpu_ticks "$PID")
 printf '| direct: forward -> aggregator -> file | %d | %.0f | %.2f | %.2f s |\n' "$N" \
   "$(echo "$N / ($t1 - $t0)" | bc -l)" "$(echo "($after - $before) / $hz * 1000000 / $N" | bc -l)" \
   "$(echo "$t1 - $acked" | bc -l)"
-kill -TERM "$PID"
-wait "$PID" 2>/dev/null || true
+stop
 
 # Through Kafka: Forward -> edge -> Kafka -> aggregator -> file (a fresh topic).
-kill -TERM "$(pgrep -f "$WORK/edge.toml" | head -1)" 2>/dev/null || true
+kill -TERM "$EDGE_PID"
 config edge2 "$(edge_output tier)" >"$WORK/edge2.toml"
 start edge2 "$WORK/edge2.toml"
 EDGE_FORWARD=$FORWARD

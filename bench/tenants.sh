@@ -20,41 +20,11 @@ BIN="${1:-$ROOT/target/release}"
 PER="${2:-10000}"
 TENANTS=100
 WORK="$(mktemp -d)"
-AGG_PID=""
-cleanup() {
-  [ -n "$AGG_PID" ] && kill -9 "$AGG_PID" 2>/dev/null || true
-  rm -rf "$WORK"
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 trap cleanup EXIT
 
 tag_of() { echo "kube.var.log.containers.app-0_t$1_app-$(printf '%064d' 0).log"; }
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
-
-# start NAME CONFIG: runs the aggregator, sets AGG_PID, FORWARD and ADMIN.
-start() {
-  local log="$WORK/$1.log"
-  "$BIN/logferry-aggregator" run --config "$2" --log-format json >"$log" 2>&1 &
-  AGG_PID=$!
-  for _ in $(seq 1 600); do
-    FORWARD=$(grep -o '"listener":"forward"[^}]*"addr":"[^"]*"' "$log" | grep -o '[0-9.]*:[0-9]*' | tail -1 || true)
-    ADMIN=$(grep -o '"listener":"admin","addr":"[^"]*"' "$log" | grep -o '[0-9.]*:[0-9]*' | tail -1 || true)
-    [ -n "$FORWARD" ] && [ -n "$ADMIN" ] && return 0
-    sleep 0.1
-  done
-  echo "aggregator $1 did not start" >&2
-  cat "$log" >&2
-  exit 1
-}
-
-stop() {
-  kill -TERM "$AGG_PID"
-  wait "$AGG_PID" 2>/dev/null || true
-  AGG_PID=""
-}
 
 # 100 senders, 10 at a time (waiting on the senders only: the aggregator is a child too).
 load() {
@@ -111,12 +81,12 @@ for setup in routes tenants; do
       [ "$active" = $((TENANTS * 2)) ] && break
       sleep 0.1
     done
-    IDLE_RSS=$(rss_kib "$AGG_PID")
+    IDLE_RSS=$(rss_kib "$PID")
   else
-    BASE_RSS=$(rss_kib "$AGG_PID")
+    BASE_RSS=$(rss_kib "$PID")
   fi
-  before=$(cpu_ticks "$AGG_PID")
-  sys_before=$(sys_ticks "$AGG_PID")
+  before=$(cpu_ticks "$PID")
+  sys_before=$(sys_ticks "$PID")
   if [ "$setup" = tenants ]; then
     load &
     LOAD=$!
@@ -133,13 +103,13 @@ for setup in routes tenants; do
   else
     load
   fi
-  after=$(cpu_ticks "$AGG_PID")
-  sys_after=$(sys_ticks "$AGG_PID")
+  after=$(cpu_ticks "$PID")
+  sys_after=$(sys_ticks "$PID")
   hz=$(getconf CLK_TCK)
   records=$((TENANTS * PER))
   cpu=$(echo "scale=3; ($after - $before) / $hz * 1000000 / $records" | bc)
   sys=$(echo "scale=3; ($sys_after - $sys_before) / $hz * 1000000 / $records" | bc)
-  printf '| %s | %d | %s | %s | %d |\n' "$setup" "$records" "$cpu" "$sys" $(($(hwm_kib "$AGG_PID") / 1024))
+  printf '| %s | %d | %s | %s | %d |\n' "$setup" "$records" "$cpu" "$sys" $(($(hwm_kib "$PID") / 1024))
   stop
 done
 echo
