@@ -116,6 +116,20 @@ fn produce(
     seqs: std::ops::Range<u64>,
     poison: &[u64],
 ) {
+    produce_with(brokers, topic, partitions, run_id, seqs, poison, |_| None);
+}
+
+/// [`produce`], with a `logferry-tenant` header on the seqs `tenant` names one for.
+fn produce_with(
+    brokers: &str,
+    topic: &str,
+    partitions: u64,
+    run_id: &str,
+    seqs: std::ops::Range<u64>,
+    poison: &[u64],
+    tenant: impl Fn(u64) -> Option<&'static str>,
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use rdkafka::ClientConfig;
     let producer: BaseProducer = ClientConfig::new()
@@ -143,6 +157,12 @@ fn produce(
         let mut record = BaseRecord::<(), [u8]>::to(topic)
             .payload(&value)
             .partition(partition);
+        if let Some(t) = tenant(seq) {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: "logferry-tenant",
+                value: Some(t),
+            }));
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -477,4 +497,69 @@ fn a_topic_its_producer_creates_after_the_source_subscribed_is_consumed_within_a
     produce(&broker.addr(), &topic, 1, &run_id, 0..100, &[]);
     wait_all(&[&agg.out_dir], &run_id, 100, Duration::from_secs(60));
     eprintln!("consumed {:?} after the topic was created", t0.elapsed());
+}
+
+#[test]
+fn a_messages_tenant_header_takes_it_to_that_tenants_pipelines_only() {
+    let Some(broker) = Service::start(ServiceKind::Tansu) else {
+        return;
+    };
+    const N: u64 = 600;
+    let run_id = unique_id("kafka-tenants");
+    let topic = format!("tenants.{}", run_id.replace('-', "_"));
+    kafka_create_topic(&broker.addr(), &topic, 2);
+    // Seqs cycle over shop, ops and no tenant header.
+    let tenant_of = |seq: u64| [Some("shop"), Some("ops"), None][(seq % 3) as usize];
+    produce_with(&broker.addr(), &topic, 2, &run_id, 0..N, &[], tenant_of);
+    let dir = tempfile::tempdir().unwrap();
+    let (pipelines, files) = (dir.path().join("pipelines"), dir.path().join("files"));
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[default]\noutput_types = [\"file\"]\nfile_root = {}\n",
+            logferry_e2e::toml_path(&files)
+        ),
+    )
+    .unwrap();
+    for tenant in ["shop", "ops"] {
+        std::fs::create_dir_all(pipelines.join(tenant)).unwrap();
+        std::fs::write(
+            pipelines.join(tenant).join("p.toml"),
+            format!(
+                "[outputs.out]\ntype = \"file\"\npath = {}\n",
+                logferry_e2e::toml_path(&files.join(tenant))
+            ),
+        )
+        .unwrap();
+    }
+    let base = AggregatorConfig {
+        extra_toml: format!(
+            "\n[pipelines]\ndir = {}\npolicy = {}\n",
+            logferry_e2e::toml_path(&pipelines),
+            logferry_e2e::toml_path(&policy)
+        ),
+        ..AggregatorConfig::default()
+    };
+    let agg = Aggregator::start_with(consumer_with(
+        base,
+        &broker.addr(),
+        &topic,
+        &unique_id("g"),
+        "tenant_header = \"logferry-tenant\"",
+    ));
+    // The admin route takes every record; each tenant's pipeline exactly its own.
+    wait_all(&[&agg.out_dir], &run_id, N, Duration::from_secs(60));
+    for (tenant, rest) in [("shop", 0), ("ops", 1)] {
+        let want = N / 3;
+        let counts = wait_until("the tenant's records", Duration::from_secs(60), || {
+            let counts = seqs(&[&files.join(tenant)], &run_id);
+            (counts.len() as u64 >= want).then_some(counts)
+        });
+        assert_eq!(counts.len() as u64, want, "{tenant}");
+        assert!(
+            counts.keys().all(|s| s % 3 == rest),
+            "{tenant} got another tenant's records"
+        );
+    }
 }
