@@ -78,6 +78,22 @@ load() { # TARGET RUN_ID [RECORDS]
     --ack --run-id "$2" --json --quiet >"$WORK/$2.json"
 }
 
+# measure LABEL TARGET RUN_ID DONE: sends the load to TARGET and prints the row of the
+# aggregator last started (PID, ADMIN) once its output has counted DONE records.
+measure() {
+  local before t0 acked t1 after
+  before=$(cpu_ticks "$PID")
+  t0=$(now)
+  load "$2" "$3"
+  acked=$(now)
+  wait_for "$ADMIN" 'logferry_output_records_total{output="out"}' "$4"
+  t1=$(now)
+  after=$(cpu_ticks "$PID")
+  printf '| %s | %d | %.0f | %.2f | %.2f s |\n' "$1" "$N" \
+    "$(echo "$N / ($t1 - $t0)" | bc -l)" "$(echo "($after - $before) / $hz * 1000000 / $N" | bc -l)" \
+    "$(echo "$t1 - $acked" | bc -l)"
+}
+
 hz=$(getconf CLK_TCK)
 printf '| setup | records | records/s | CPU s per 1M records (consuming aggregator) | last ack to last delivered |\n|---|---|---|---|---|\n'
 
@@ -110,16 +126,7 @@ done
 config direct "type = \"file\"
 path = \"$WORK/direct/out\"" >"$WORK/direct.toml"
 start direct "$WORK/direct.toml"
-before=$(cpu_ticks "$PID")
-t0=$(now)
-load "$FORWARD" direct
-acked=$(now)
-wait_for "$ADMIN" 'logferry_output_records_total{output="out"}' "$N"
-t1=$(now)
-after=$(cpu_ticks "$PID")
-printf '| direct: forward -> aggregator -> file | %d | %.0f | %.2f | %.2f s |\n' "$N" \
-  "$(echo "$N / ($t1 - $t0)" | bc -l)" "$(echo "($after - $before) / $hz * 1000000 / $N" | bc -l)" \
-  "$(echo "$t1 - $acked" | bc -l)"
+measure "direct: forward -> aggregator -> file" "$FORWARD" direct "$N"
 stop
 
 # Through Kafka: Forward -> edge -> Kafka -> aggregator -> file (a fresh topic).
@@ -135,16 +142,7 @@ WARM=1000
 load "$EDGE_FORWARD" warmup "$WARM"
 start tier "$WORK/tier.toml"
 wait_for "$ADMIN" 'logferry_output_records_total{output="out"}' "$WARM"
-before=$(cpu_ticks "$PID")
-t0=$(now)
-load "$EDGE_FORWARD" tier
-acked=$(now)
-wait_for "$ADMIN" 'logferry_output_records_total{output="out"}' "$((N + WARM))"
-t1=$(now)
-after=$(cpu_ticks "$PID")
-printf '| through kafka: forward -> edge -> Kafka -> aggregator -> file | %d | %.0f | %.2f | %.2f s |\n' "$N" \
-  "$(echo "$N / ($t1 - $t0)" | bc -l)" "$(echo "($after - $before) / $hz * 1000000 / $N" | bc -l)" \
-  "$(echo "$t1 - $acked" | bc -l)"
+measure "through kafka: forward -> edge -> Kafka -> aggregator -> file" "$EDGE_FORWARD" tier "$((N + WARM))"
 echo
 for run in direct tier; do
   printf '%s: loadtest ack latency ' "$run"

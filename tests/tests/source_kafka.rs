@@ -177,15 +177,28 @@ fn produce_with(
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
 
+/// A run id `kafka-NAME-…` and its topic `NAME.…`.
+fn run_names(name: &str) -> (String, String) {
+    let run_id = unique_id(&format!("kafka-{name}"));
+    let topic = format!("{name}.{}", run_id.replace('-', "_"));
+    (run_id, topic)
+}
+
+/// A fresh broker with the topic of a new run ([`run_names`]) of `partitions` partitions; `None`
+/// when the broker is not installed (the test skips).
+fn broker_with_topic(name: &str, partitions: i32) -> Option<(Service, String, String)> {
+    let broker = Service::start(ServiceKind::Tansu)?;
+    let (run_id, topic) = run_names(name);
+    kafka_create_topic(&broker.addr(), &topic, partitions);
+    Some((broker, run_id, topic))
+}
+
 #[test]
 fn forward_through_kafka_to_a_consumer_group_loses_nothing_across_rebalances() {
-    let Some(broker) = Service::start(ServiceKind::Tansu) else {
+    let Some((broker, run_id, topic)) = broker_with_topic("tier", 3) else {
         return;
     };
     const HALF: u64 = 4000;
-    let run_id = unique_id("kafka-tier");
-    let topic = format!("tier.{}", run_id.replace('-', "_"));
-    kafka_create_topic(&broker.addr(), &topic, 3);
     // The edge: Forward in, Kafka out, each record as a Forward entry with its tag and tenant
     // in headers, keyed by pod so records spread over the partitions.
     let edge = Aggregator::start_with(AggregatorConfig {
@@ -256,13 +269,10 @@ fn forward_through_kafka_to_a_consumer_group_loses_nothing_across_rebalances() {
 
 #[test]
 fn a_full_buffer_pauses_consumption_without_leaving_the_group_and_kill_9_loses_nothing() {
-    let Some(broker) = Service::start(ServiceKind::Tansu) else {
+    let Some((broker, run_id, topic)) = broker_with_topic("pause", 3) else {
         return;
     };
     const N: u64 = 20_000;
-    let run_id = unique_id("kafka-pause");
-    let topic = format!("pause.{}", run_id.replace('-', "_"));
-    kafka_create_topic(&broker.addr(), &topic, 3);
     produce(&broker.addr(), &topic, 3, &run_id, 0..N, &[]);
     // Output `blocked` cannot deliver: its directory's path is a regular file. Its buffer
     // (block, 64 KiB chunks, 256 KiB in all) fills, the source's batch waits for room there,
@@ -343,13 +353,10 @@ fn a_full_buffer_pauses_consumption_without_leaving_the_group_and_kill_9_loses_n
 
 #[test]
 fn a_poison_message_goes_to_dead_letters_and_the_rest_of_its_batch_is_delivered() {
-    let Some(broker) = Service::start(ServiceKind::Tansu) else {
+    let Some((broker, run_id, topic)) = broker_with_topic("poison", 1) else {
         return;
     };
     const N: u64 = 300;
-    let run_id = unique_id("kafka-poison");
-    let topic = format!("poison.{}", run_id.replace('-', "_"));
-    kafka_create_topic(&broker.addr(), &topic, 1);
     produce(&broker.addr(), &topic, 1, &run_id, 0..N, &[150]);
     let agg = Aggregator::start_with(consumer(&broker.addr(), &topic, &unique_id("g"), ""));
     let counts = wait_until(
@@ -390,17 +397,14 @@ fn a_poison_message_goes_to_dead_letters_and_the_rest_of_its_batch_is_delivered(
 
 #[test]
 fn a_replay_after_kill_9_overwrites_elasticsearch_documents_instead_of_duplicating() {
-    let Some(broker) = Service::start(ServiceKind::Tansu) else {
+    let Some((broker, run_id, topic)) = broker_with_topic("es", 3) else {
         return;
     };
     let Some(es) = Service::start(ServiceKind::NoidaElasticsearch) else {
         return;
     };
     const N: u64 = 3000;
-    let run_id = unique_id("kafka-es");
-    let topic = format!("es.{}", run_id.replace('-', "_"));
     let index = format!("kafka-{}", run_id.to_lowercase());
-    kafka_create_topic(&broker.addr(), &topic, 3);
     produce(&broker.addr(), &topic, 3, &run_id, 0..N, &[]);
     // Nothing is committed before the kill (commit_interval 1h): every message is consumed
     // again after the restart, and each replayed record has the id it had the first time.
@@ -480,8 +484,7 @@ fn a_topic_its_producer_creates_after_the_source_subscribed_is_consumed_within_a
     let Some(broker) = Service::start(ServiceKind::Tansu) else {
         return;
     };
-    let run_id = unique_id("kafka-late");
-    let topic = format!("late.{}", run_id.replace('-', "_"));
+    let (run_id, topic) = run_names("late");
     let agg = Aggregator::start_with(consumer(&broker.addr(), &topic, &unique_id("g"), ""));
     wait_until(
         "the source found no such topic",
@@ -501,13 +504,10 @@ fn a_topic_its_producer_creates_after_the_source_subscribed_is_consumed_within_a
 
 #[test]
 fn a_messages_tenant_header_takes_it_to_that_tenants_pipelines_only() {
-    let Some(broker) = Service::start(ServiceKind::Tansu) else {
+    let Some((broker, run_id, topic)) = broker_with_topic("tenants", 2) else {
         return;
     };
     const N: u64 = 600;
-    let run_id = unique_id("kafka-tenants");
-    let topic = format!("tenants.{}", run_id.replace('-', "_"));
-    kafka_create_topic(&broker.addr(), &topic, 2);
     // Seqs cycle over shop, ops and no tenant header.
     let tenant_of = |seq: u64| [Some("shop"), Some("ops"), None][(seq % 3) as usize];
     produce_with(&broker.addr(), &topic, 2, &run_id, 0..N, &[], tenant_of);
